@@ -1,0 +1,39 @@
+# ernie-style developer commands. Every target sets up .venv/ itself when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+SAMPLE := data/sample_corpus/wiki_sample.jsonl
+DEMO_DIR ?= runs/demo
+
+.PHONY: setup demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# No GPU: take the local CPU build of torch first, so the rest does not pull CUDA wheels.
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -e ".[dev,deepspeed]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ernie-style prepare --input $(SAMPLE) --output $(DEMO_DIR)/corpus \
+		--train-tokenizer 8000 --num-proc 2
+	$(VENV)/bin/ernie-style demo --corpus $(DEMO_DIR)/corpus --output $(DEMO_DIR)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(STAMP)
+	$(PY) bench/prepare_throughput.py
+
+clean:
+	rm -rf runs .pytest_cache

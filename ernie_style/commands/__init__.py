@@ -1,0 +1,1 @@
+"""One module per `ernie-style` subcommand; each defines `register(subparsers)`."""
