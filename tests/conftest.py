@@ -1,0 +1,56 @@
+"""Shared fixtures: a small WordPiece tokenizer and hand-written English documents."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ENGLISH_PARAGRAPHS = [
+    "Albert Einstein was born in Ulm in 1879. He developed the theory of relativity. "
+    "However, he also contributed to quantum mechanics. His work changed modern physics.",
+    "The city of New York has more than eight million people. It is the largest city in the "
+    "United States. For example, Brooklyn alone has over two million residents. "
+    "Meanwhile, the suburbs keep growing.",
+    "Marie Curie studied radioactivity in Paris. She won the Nobel Prize twice. "
+    "As a result, she became famous across Europe. Because of her research, new treatments "
+    "were found.",
+    "The river flows through the old valley. Farmers grow wheat and barley on its banks. "
+    "Therefore, the region is known for bread. In addition, the valley attracts tourists.",
+    "Python is a programming language created by Guido van Rossum. It is popular for data "
+    "science. Instead of braces, it uses indentation. Thus, code tends to look clean.",
+]
+
+
+@pytest.fixture(scope="session")
+def english_texts() -> list[str]:
+    """A few paragraphs of plain English used to train test tokenizers."""
+    return ENGLISH_PARAGRAPHS
+
+
+@pytest.fixture(scope="session")
+def tokenizer(english_texts):
+    """An uncased WordPiece tokenizer trained on the English paragraphs (vocab ~ 400)."""
+    from ernie_style.tokenizer import train_wordpiece
+
+    return train_wordpiece(english_texts * 4, vocab_size=400, min_frequency=1)
+
+
+@pytest.fixture(scope="session")
+def english_documents():
+    """Regex-annotated documents: each paragraph pair above forms one two-paragraph document."""
+    from ernie_style.annotate import RawDocument, RegexAnnotator
+
+    raws = [
+        RawDocument(
+            id=f"doc{i}",
+            title=f"Title {i}",
+            text=ENGLISH_PARAGRAPHS[i] + "\n\n" + ENGLISH_PARAGRAPHS[(i + 1) % 5],
+        )
+        for i in range(5)
+    ]
+    return RegexAnnotator().annotate(raws)
