@@ -66,12 +66,15 @@ class PretrainTask(ABC):
 
     def corpus_examples(self, rng: np.random.Generator, corpus: CorpusContext) -> list[Example]:
         """Examples not tied to one document (e.g. a user-supplied pair file), produced once
-        per pass over the corpus. None by default."""
+        per pass over the corpus. None by default.
+        """
         return []
 
     def set_progress(self, fraction: float) -> None:
         """Told by the trainer how far (0..1) training has got; tasks with a curriculum (e.g.
-        staged knowledge masking) override it."""
+        staged knowledge masking) override it; the default ignores it.
+        """
+        del fraction
 
     @abstractmethod
     def build_head(self, backbone: nn.Module) -> TaskHead:
