@@ -21,7 +21,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ernie-style prepare --input $(SAMPLE) --output $(DEMO_DIR)/corpus \
 		--train-tokenizer 8000 --num-proc 2
-	$(VENV)/bin/ernie-style demo --corpus $(DEMO_DIR)/corpus --output $(DEMO_DIR)
+	$(VENV)/bin/ernie-style examples --corpus $(DEMO_DIR)/corpus --max-seq-len 128 --show 1
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -34,6 +34,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/prepare_throughput.py
+	$(PY) bench/example_throughput.py
 
 clean:
 	rm -rf runs .pytest_cache

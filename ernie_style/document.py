@@ -18,11 +18,12 @@ inside its sentence, phrase and entity spans are non-empty and do not cross sent
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import datasets
+import numpy as np
 
 #: Arrow schema of a prepared corpus; `prepare` writes it and `load_documents` checks it.
 DOCUMENT_FEATURES = datasets.Features(
@@ -157,3 +158,19 @@ def _same_len(doc: Document, *names: str) -> None:
 
 def _decreases(values: list[int], i: int) -> bool:
     return values[i] < values[i - 1]
+
+
+class DocumentSequence(Sequence[Document]):
+    """A lazy `Sequence[Document]` over rows (a `datasets.Dataset` or a list of dicts)."""
+
+    def __init__(self, rows: Any) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Document:  # type: ignore[override]
+        """The document at `index` (slices are not supported)."""
+        if not isinstance(index, int | np.integer):
+            raise TypeError("DocumentSequence takes integer indices")
+        return Document.from_row(self.rows[int(index)])

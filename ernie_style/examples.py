@@ -4,6 +4,7 @@ context tasks draw other documents from, example assembly with special tokens, a
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -98,10 +99,14 @@ class CorpusContext:
     corpus-level structures (e.g. a BM25 index), cached by key.
     """
 
-    def __init__(self, documents: Sequence[Document], tokenizer: Any) -> None:
+    def __init__(
+        self, documents: Sequence[Document], tokenizer: Any, cache_size: int = 4096
+    ) -> None:
         self.documents = documents
         self.tokenizer = tokenizer
-        self._tokenized: dict[int, TokenizedDocument] = {}
+        self.cache_size = cache_size
+        # Bounded LRU: a large corpus is streamed, not held in memory tokenized.
+        self._tokenized: OrderedDict[int, TokenizedDocument] = OrderedDict()
         self._shared: dict[str, Any] = {}
 
     def __len__(self) -> int:
@@ -113,6 +118,10 @@ class CorpusContext:
         if cached is None:
             cached = TokenizedDocument(self.documents[index], self.tokenizer)
             self._tokenized[index] = cached
+            if len(self._tokenized) > self.cache_size:
+                self._tokenized.popitem(last=False)
+        else:
+            self._tokenized.move_to_end(index)
         return cached
 
     def random_other_index(self, rng: np.random.Generator, exclude_id: str) -> int | None:
