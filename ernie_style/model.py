@@ -113,8 +113,16 @@ class ErniePretrainingModel(nn.Module):
         )
         return out.last_hidden_state, out.pooler_output
 
-    def forward(self, batch: Mapping[str, Any]) -> TaskOutput:
-        """Loss, logits and targets of the batch's task."""
+    def forward(
+        self, batch: Mapping[str, Any] | list[Mapping[str, Any]]
+    ) -> TaskOutput | list[TaskOutput]:
+        """Loss, logits and targets of the batch's task; a list of single-task batches (one
+        step of several tasks) gives a list of outputs from one call, which keeps DDP happy."""
+        if isinstance(batch, list):
+            return [self._forward_one(b) for b in batch]
+        return self._forward_one(batch)
+
+    def _forward_one(self, batch: Mapping[str, Any]) -> TaskOutput:
         name = batch["task"]
         if name not in self.heads:
             raise KeyError(f"batch task {name!r} has no head; model tasks: {list(self.heads)}")

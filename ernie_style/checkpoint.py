@@ -1,0 +1,212 @@
+"""Checkpoints: written to a temp dir, checksummed, then renamed into place.
+
+    checkpoints/step-00000120/
+        model.safetensors      model weights (tied weights stored once)
+        optimizer.pt           AdamW state keyed by parameter *name* (tensors only; loaded with
+                               torch.load(weights_only=True)), so new tasks' parameters can join
+        trainer_state.json     step, schedule, data-stream positions, LR schedule, counters
+        rng_state.safetensors  torch/numpy RNG states
+        config.yaml            the resolved run config
+        tokenizer/             the tokenizer
+        manifest.json          sha256 + size of every file above; written last
+
+A directory without a valid manifest, or whose files do not match it, is skipped by
+`find_resumable` with a warning naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+MANIFEST = "manifest.json"
+STEP_PREFIX = "step-"
+
+
+def step_dir_name(step: int) -> str:
+    """`step-00000120` for step 120."""
+    return f"{STEP_PREFIX}{step:08d}"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, extra: Mapping[str, Any] | None = None) -> None:
+    """Checksum every file under `directory` into manifest.json (atomically)."""
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
+        rel = path.relative_to(directory).as_posix()
+        files[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    manifest = {"format": 1, "files": files, **(extra or {})}
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    _fsync(tmp)
+    os.replace(tmp, directory / MANIFEST)
+
+
+def verify(directory: Path) -> str | None:
+    """None if the checkpoint is complete and intact, else the reason (naming the file)."""
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        return f"{directory}: no {MANIFEST} (incomplete checkpoint)"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as error:
+        return f"{manifest_path}: unreadable manifest ({error})"
+    for rel, meta in files.items():
+        path = directory / rel
+        if not path.is_file():
+            return f"{path}: missing"
+        if path.stat().st_size != meta["size"]:
+            return f"{path}: size {path.stat().st_size} != {meta['size']} in manifest (truncated?)"
+        if sha256_file(path) != meta["sha256"]:
+            return f"{path}: checksum mismatch (corrupt)"
+    return None
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint directories under `root`, newest step first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX)]
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def find_resumable(root: Path) -> Path | None:
+    """The newest complete, intact checkpoint; corrupt or partial ones are skipped, warned."""
+    for candidate in list_checkpoints(root):
+        problem = verify(candidate)
+        if problem is None:
+            return candidate
+        warnings.warn(f"skipping checkpoint {candidate.name}: {problem}", stacklevel=2)
+    return None
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+class CheckpointWriter:
+    """Builds one checkpoint in a temp dir and renames it into place on `commit`."""
+
+    def __init__(self, root: Path, step: int) -> None:
+        self.root = root
+        self.final = root / step_dir_name(step)
+        self.tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+
+    def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Write a safetensors file (contiguous CPU copies)."""
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, self.tmp / name)
+
+    def save_torch(self, name: str, obj: Any) -> None:
+        """torch.save an object made of tensors and plain containers only."""
+        torch.save(obj, self.tmp / name)
+
+    def save_json(self, name: str, obj: Any) -> None:
+        """Write JSON."""
+        (self.tmp / name).write_text(json.dumps(obj, indent=1), encoding="utf-8")
+
+    def save_text(self, name: str, text: str) -> None:
+        """Write a text file."""
+        (self.tmp / name).write_text(text, encoding="utf-8")
+
+    def commit(self, extra_manifest: Mapping[str, Any] | None = None) -> Path:
+        """Fsync, checksum, and rename into place (replacing an older copy of the same step)."""
+        for path in self.tmp.rglob("*"):
+            if path.is_file():
+                _fsync(path)
+        write_manifest(self.tmp, extra_manifest)
+        if self.final.exists():
+            trash = self.root / f".trash-{self.final.name}-{os.getpid()}"
+            os.replace(self.final, trash)
+            os.replace(self.tmp, self.final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.final)
+        return self.final
+
+    def abort(self) -> None:
+        """Remove the temp dir (after a failed write)."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def prune(root: Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoints; also clear temp dirs left by killed writers."""
+    for stale in root.glob(".tmp-*"):
+        if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
+    for old in list_checkpoints(root)[max(keep, 1) :]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file (never executes code)."""
+    return load_file(str(path))
+
+
+def load_torch(path: Path) -> Any:
+    """torch.load restricted to tensors and plain containers (weights_only=True)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def optimizer_state_by_name(
+    optimizer: torch.optim.Optimizer, names: Mapping[torch.nn.Parameter, str]
+) -> dict[str, Any]:
+    """The optimizer's per-parameter state keyed by parameter name (plus its groups)."""
+    state = {names[p]: dict(s) for p, s in optimizer.state.items() if p in names}
+    groups = [
+        {k: v for k, v in group.items() if k != "params"}
+        | {"names": [names[p] for p in group["params"]]}
+        for group in optimizer.param_groups
+    ]
+    return {"state": state, "param_groups": groups}
+
+
+def load_optimizer_state_by_name(
+    optimizer: torch.optim.Optimizer,
+    saved: Mapping[str, Any],
+    params: Mapping[str, torch.nn.Parameter],
+) -> list[str]:
+    """Restore per-parameter state for the names present in `saved`; returns the names that had
+    none (new parameters). Hyper-parameters stay as configured."""
+    restored = []
+    for name, state in saved["state"].items():
+        param = params.get(name)
+        if param is None:
+            raise ValueError(f"optimizer state for unknown parameter {name!r}")
+        optimizer.state[param] = {
+            k: v.to(param.device) if isinstance(v, torch.Tensor) and v.dim() else v
+            for k, v in state.items()
+        }
+        restored.append(name)
+    return sorted(set(params) - set(restored))

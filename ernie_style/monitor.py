@@ -1,0 +1,117 @@
+"""Run logging: TensorBoard scalars, and the forgetting monitor (held-out loss and accuracy of
+every task seen so far) as a CSV plus a PNG plot with stage boundaries marked."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+HELDOUT_CSV = "heldout.csv"
+HELDOUT_PNG = "heldout_loss.png"
+TRAIN_CSV = "train_loss.csv"
+_FIELDS = ["step", "stage", "task", "loss", "accuracy"]
+
+
+class RunLogger:
+    """Writes TensorBoard events and CSVs under the run directory (main process only)."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+        self.run_dir = run_dir
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """Log scalars to TensorBoard (`train/loss/knowledge_masking`, `lr`, ...)."""
+        if self._tb is not None:
+            for key, value in values.items():
+                self._tb.add_scalar(key, value, step)
+
+    def train_losses(self, step: int, stage: int, losses: Mapping[str, float]) -> None:
+        """Append per-task training losses of one step to train_loss.csv."""
+        if self.enabled:
+            rows = [[step, stage, task, f"{loss:.6f}", ""] for task, loss in losses.items()]
+            _append_csv(self.run_dir / TRAIN_CSV, rows)
+
+    def heldout(self, step: int, stage: int, results: Mapping[str, Mapping[str, float]]) -> None:
+        """Record one held-out evaluation (task -> loss/accuracy) in CSV and TensorBoard."""
+        if not self.enabled:
+            return
+        rows = [
+            [step, stage, task, f"{r['loss']:.6f}", f"{r['accuracy']:.6f}"]
+            for task, r in results.items()
+        ]
+        _append_csv(self.run_dir / HELDOUT_CSV, rows)
+        for task, r in results.items():
+            self.scalars(
+                step, {f"heldout/{task}/loss": r["loss"], f"heldout/{task}/acc": r["accuracy"]}
+            )
+
+    def plot_heldout(self, stage_starts: Sequence[int]) -> Path | None:
+        """Redraw heldout_loss.png from heldout.csv; returns its path."""
+        if not self.enabled:
+            return None
+        return plot_heldout(self.run_dir / HELDOUT_CSV, self.run_dir / HELDOUT_PNG, stage_starts)
+
+    def close(self) -> None:
+        """Flush TensorBoard."""
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _append_csv(path: Path, rows: list[list]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(_FIELDS)
+        writer.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_heldout(path: Path) -> dict[str, list[tuple[int, float, float]]]:
+    """Per task: (step, loss, accuracy) rows of a heldout.csv, in step order; a row repeated
+    for the same step (a run resumed from before it was written) keeps the last copy."""
+    by_task: dict[str, dict[int, tuple[float, float]]] = {}
+    with path.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            by_task.setdefault(row["task"], {})[int(row["step"])] = (
+                float(row["loss"]),
+                float(row["accuracy"]),
+            )
+    return {t: [(s, *v) for s, v in sorted(rows.items())] for t, rows in by_task.items()}
+
+
+def plot_heldout(csv_path: Path, png_path: Path, stage_starts: Sequence[int]) -> Path | None:
+    """Per-task held-out loss against step, with dashed lines at stage boundaries."""
+    if not csv_path.exists():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = read_heldout(csv_path)
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    for task, rows in series.items():
+        ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", ms=3, label=task)
+    for k, start in enumerate(stage_starts):
+        if k:
+            ax.axvline(start, color="grey", ls="--", lw=0.8)
+            ax.text(start, 1.0, f" stage {k + 1}", transform=ax.get_xaxis_transform(), va="top")
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out loss")
+    ax.set_title("Forgetting monitor: held-out loss per task")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = png_path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path

@@ -1,0 +1,254 @@
+"""Everything a pretraining run holds, built from its config, and its checkpoint save/load.
+
+Resuming with newly added tasks: the checkpoint's weights load into a model that also has the
+new heads (the only keys allowed to be missing), AdamW state is restored by parameter name (new
+parameters start with none), and the schedule keeps the stages the checkpoint had started.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import ErnieModel
+
+from ernie_style.checkpoint import (
+    CheckpointWriter,
+    load_optimizer_state_by_name,
+    load_tensors,
+    load_torch,
+    optimizer_state_by_name,
+    prune,
+)
+from ernie_style.config import dump_yaml
+from ernie_style.document import DocumentSequence
+from ernie_style.examples import CorpusContext, collate
+from ernie_style.model import ErniePretrainingModel, build_backbone_config, load_backbone
+from ernie_style.pretrain_config import PretrainConfig
+from ernie_style.registry import PretrainTask, get_task
+from ernie_style.schedule import ContinualSchedule
+from ernie_style.stream import TaskExampleStream
+from ernie_style.tokenizer import load_tokenizer
+
+#: Backbone config fields that must match between a checkpoint and the run resuming it.
+ARCHITECTURE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "task_type_vocab_size",
+)
+
+
+@dataclass
+class RunState:
+    """The mutable state of a run (model and optimizer are the unwrapped originals)."""
+
+    tokenizer: Any
+    train_corpus: CorpusContext
+    heldout_corpus: CorpusContext | None
+    tasks: dict[str, PretrainTask]
+    schedule: ContinualSchedule
+    model: ErniePretrainingModel
+    optimizer: torch.optim.Optimizer
+    streams: dict[str, TaskExampleStream]
+    seed: int
+    nonfinite_in_a_row: int = 0
+    nonfinite_total: int = 0
+    _heldout: dict[str, list[dict]] = field(default_factory=dict)
+
+    @property
+    def pad_id(self) -> int:
+        """Padding token id."""
+        return int(self.tokenizer.pad_token_id)
+
+    def schedule_tasks_seen(self, stage: int) -> list[str]:
+        """Tasks introduced in stages 0..stage."""
+        stages = self.schedule.stages[: stage + 1]
+        return [t for t in self.schedule.tasks if any(t in s for s in stages)]
+
+    def heldout_batches(self, task: str, n_batches: int, batch_size: int) -> list[dict]:
+        """Fixed held-out batches of a task (built once from the held-out documents)."""
+        if task not in self._heldout:
+            batches = []
+            if self.heldout_corpus is not None:
+                stream = TaskExampleStream(self.tasks[task], self.heldout_corpus, seed=12345)
+                try:
+                    examples = stream.take(n_batches * batch_size)
+                    batches = [
+                        collate(examples[i : i + batch_size], self.pad_id)
+                        for i in range(0, len(examples), batch_size)
+                    ]
+                except ValueError:
+                    batches = []  # the held-out documents are too short for this task
+            self._heldout[task] = batches
+        return self._heldout[task]
+
+
+def build_run_state(config: PretrainConfig) -> RunState:
+    """Tokenizer, corpus split, tasks, schedule, model and optimizer for a fresh run."""
+    from ernie_style.corpus import load_corpus
+
+    tokenizer = load_tokenizer(config.data.tokenizer or Path(config.data.corpus) / "tokenizer")
+    dataset = load_corpus(config.data.corpus)
+    n_heldout = min(config.data.heldout_documents, max(len(dataset) - 1, 0))
+    train_docs = DocumentSequence(dataset.select(range(len(dataset) - n_heldout)))
+    heldout_docs = DocumentSequence(dataset.select(range(len(dataset) - n_heldout, len(dataset))))
+    train_corpus = CorpusContext(train_docs, tokenizer)
+    heldout = CorpusContext(heldout_docs, tokenizer) if n_heldout else None
+    tasks = {
+        name: get_task(name)(tokenizer, max_seq_len=config.data.max_seq_len, config=s.options)
+        for name, s in config.tasks.items()
+    }
+    schedule = config.build_schedule()
+    model = ErniePretrainingModel(_build_backbone(config, tokenizer), tasks)
+    return RunState(
+        tokenizer=tokenizer,
+        train_corpus=train_corpus,
+        heldout_corpus=heldout,
+        tasks=tasks,
+        schedule=schedule,
+        model=model,
+        optimizer=build_optimizer(model, config),
+        streams={n: TaskExampleStream(t, train_corpus, seed=config.seed) for n, t in tasks.items()},
+        seed=config.seed,
+    )
+
+
+def _build_backbone(config: PretrainConfig, tokenizer: Any) -> ErnieModel:
+    if config.model.init_from:
+        backbone = load_backbone(config.model.init_from)
+        if backbone.config.vocab_size != len(tokenizer):
+            raise ValueError(
+                f"model.init_from {config.model.init_from}: vocabulary {backbone.config.vocab_size}"
+                f" does not match the tokenizer ({len(tokenizer)})"
+            )
+        return backbone
+    torch.manual_seed(config.seed)
+    backbone_config = build_backbone_config(
+        config.model.preset,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=config.model.max_position_embeddings,
+        hidden_dropout_prob=config.model.dropout,
+        attention_probs_dropout_prob=config.model.dropout,
+    )
+    backbone_config._attn_implementation = config.model.attn_implementation
+    return ErnieModel(backbone_config)
+
+
+def build_optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only (not biases, LayerNorm, embeddings'
+    LayerNorm)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.dim() < 2 else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": config.optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    o = config.optim
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+
+
+def _param_names(model: torch.nn.Module) -> dict[torch.nn.Parameter, str]:
+    return {p: n for n, p in model.named_parameters()}
+
+
+def save_checkpoint(
+    state: RunState, accelerator: Any, model: Any, optimizer: Any, config: PretrainConfig
+) -> Path:
+    """Write `output_dir/checkpoints/step-N` (main process) and prune old ones."""
+    root = Path(config.output_dir) / "checkpoints"
+    step = state.schedule.step
+    accelerator.wait_for_everyone()
+    path = root / f"step-{step:08d}"
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        writer = CheckpointWriter(root, step)
+        try:
+            writer.save_tensors("model.safetensors", unwrapped.state_dict())
+            writer.save_torch(
+                "optimizer.pt", optimizer_state_by_name(state.optimizer, _param_names(unwrapped))
+            )
+            writer.save_tensors("rng_state.safetensors", {"torch": torch.get_rng_state()})
+            writer.save_json("trainer_state.json", _trainer_state(state, accelerator))
+            writer.save_text("config.yaml", dump_yaml(config))
+            state.tokenizer.save_pretrained(str(writer.tmp / "tokenizer"))
+            writer.save_json("backbone_config.json", unwrapped.backbone.config.to_dict())
+            path = writer.commit({"step": step})
+        except BaseException:
+            writer.abort()
+            raise
+        prune(root, config.keep_checkpoints)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _trainer_state(state: RunState, accelerator: Any) -> dict[str, Any]:
+    return {
+        "step": state.schedule.step,
+        "schedule": state.schedule.state_dict(),
+        "streams": {name: s.state_dict() for name, s in state.streams.items()},
+        "tasks": {name: t.task_id for name, t in state.tasks.items()},
+        "nonfinite_total": state.nonfinite_total,
+        "nonfinite_in_a_row": state.nonfinite_in_a_row,
+        "num_processes": accelerator.num_processes,
+    }
+
+
+def load_checkpoint(state: RunState, checkpoint: Path, config: PretrainConfig) -> list[str]:
+    """Restore a checkpoint into a freshly built state; returns the tasks new to this run."""
+    _check_compatible(state, checkpoint)
+    trainer_state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    weights = load_tensors(checkpoint / "model.safetensors")
+    old_tasks = set(trainer_state["tasks"])
+    new_tasks = [t for t in state.tasks if t not in old_tasks]
+    missing, unexpected = state.model.load_state_dict(weights, strict=False)
+    allowed = tuple(f"heads.{t}." for t in new_tasks)
+    bad_missing = [k for k in missing if not k.startswith(allowed)]
+    if bad_missing or unexpected:
+        raise ValueError(
+            f"{checkpoint}: weights do not fit this config (missing {bad_missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
+    saved_optimizer = load_torch(checkpoint / "optimizer.pt")
+    params = dict(state.model.named_parameters())
+    load_optimizer_state_by_name(state.optimizer, saved_optimizer, params)
+    state.schedule.load_state_dict(trainer_state["schedule"])
+    for name, stream_state in trainer_state["streams"].items():
+        if name in state.streams:
+            state.streams[name].load_state_dict(stream_state)
+    state.nonfinite_total = int(trainer_state.get("nonfinite_total", 0))
+    torch.set_rng_state(load_tensors(checkpoint / "rng_state.safetensors")["torch"])
+    return new_tasks
+
+
+def _check_compatible(state: RunState, checkpoint: Path) -> None:
+    saved = json.loads((checkpoint / "backbone_config.json").read_text(encoding="utf-8"))
+    current = state.model.backbone.config.to_dict()
+    diffs = {
+        k: (saved.get(k), current.get(k))
+        for k in ARCHITECTURE_KEYS
+        if saved.get(k) != current.get(k)
+    }
+    if diffs:
+        detail = ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diffs.items())
+        raise ValueError(f"{checkpoint}: model size does not match the config ({detail})")
+    saved_vocab = checkpoint / "tokenizer" / "vocab.txt"
+    current_vocab = state.tokenizer.get_vocab()
+    if saved_vocab.is_file():
+        tokens = saved_vocab.read_text(encoding="utf-8").splitlines()
+        if {t: i for i, t in enumerate(tokens)} != current_vocab:
+            raise ValueError(
+                f"{checkpoint}: the checkpoint's tokenizer differs from the configured one "
+                f"({len(tokens)} vs {len(current_vocab)} tokens or different ids)"
+            )

@@ -1,0 +1,187 @@
+"""ERNIE 2.0's continual multi-task schedule.
+
+Tasks are introduced stage by stage and earlier tasks keep training. With automatic allocation a
+task with budget N introduced in stage i of S gets N/(S+1) iterations in every later stage and
+the rest in its first stage, so it trains most when it is new. For the paper's 4 tasks x 50k:
+
+    knowledge masking        20k 10k 10k 10k
+    capitalization            0  30k 10k 10k
+    token-document relation   0   0  40k 10k
+    sentence reordering       0   0   0  50k
+
+Within a stage every step samples a task in proportion to its remaining budget in that stage,
+with an RNG seeded by (seed, step): sampling needs no RNG state and replays exactly on resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def auto_allocation(
+    budgets: Mapping[str, int], first_stage: Mapping[str, int], num_stages: int
+) -> list[dict[str, int]]:
+    """Per-stage iterations: a task introduced in stage i (0-based) gets N/(S+1) in each later
+    stage (rounded) and the rest in stage i."""
+    stages: list[dict[str, int]] = [{} for _ in range(num_stages)]
+    for task, budget in budgets.items():
+        first = first_stage[task]
+        if not 0 <= first < num_stages:
+            raise ValueError(f"task {task!r}: first stage {first} outside 0..{num_stages - 1}")
+        share = round(budget / (num_stages + 1))
+        later = num_stages - 1 - first
+        stages[first][task] = budget - share * later
+        for stage in range(first + 1, num_stages):
+            stages[stage][task] = share
+    return stages
+
+
+def explicit_allocation(allocations: Mapping[str, Sequence[int]]) -> list[dict[str, int]]:
+    """Per-stage iterations from explicit per-task lists (zeros mean 'not in this stage')."""
+    lengths = {len(v) for v in allocations.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"explicit allocations must all list the same number of stages: {lengths}")
+    num_stages = lengths.pop()
+    stages: list[dict[str, int]] = [{} for _ in range(num_stages)]
+    for task, per_stage in allocations.items():
+        for stage, iterations in enumerate(per_stage):
+            if iterations < 0:
+                raise ValueError(f"task {task!r}: negative allocation in stage {stage + 1}")
+            if iterations:
+                stages[stage][task] = int(iterations)
+    return stages
+
+
+class ContinualSchedule:
+    """Stages of per-task iteration budgets, consumed step by step.
+
+    `stages[s][task]` is the allocation; `done[s][task]` what has been consumed. The object is
+    plain (no tensors) and round-trips through `state_dict`/`load_state_dict`.
+    """
+
+    def __init__(self, stages: Sequence[Mapping[str, int]], seed: int = 0) -> None:
+        if not stages:
+            raise ValueError("a schedule needs at least one stage")
+        for s, stage in enumerate(stages):
+            if sum(stage.values()) <= 0:
+                raise ValueError(f"stage {s + 1} has no iterations")
+        self.stages = [dict(stage) for stage in stages]
+        self.done: list[dict[str, int]] = [dict.fromkeys(stage, 0) for stage in self.stages]
+        self.seed = seed
+        self.step = 0
+        self.stage = 0
+
+    # ---- plan ---------------------------------------------------------------------------
+    @property
+    def tasks(self) -> list[str]:
+        """Every task in order of introduction."""
+        seen: dict[str, None] = {}
+        for stage in self.stages:
+            seen.update(dict.fromkeys(stage))
+        return list(seen)
+
+    @property
+    def total_steps(self) -> int:
+        """Iterations over all stages."""
+        return sum(sum(stage.values()) for stage in self.stages)
+
+    def stage_length(self, stage: int) -> int:
+        """Iterations in one stage."""
+        return sum(self.stages[stage].values())
+
+    def stage_start(self, stage: int) -> int:
+        """Global step at which `stage` begins."""
+        return sum(self.stage_length(s) for s in range(stage))
+
+    def tasks_seen(self) -> list[str]:
+        """Tasks introduced up to and including the current stage."""
+        last = min(self.stage, len(self.stages) - 1)
+        return [t for t in self.tasks if any(t in self.stages[s] for s in range(last + 1))]
+
+    def plan_table(self) -> str:
+        """Stage x task -> iterations, as an aligned text table."""
+        tasks = self.tasks
+        width = max(len(t) for t in [*tasks, "task"])
+        header = f"{'task':<{width}}" + "".join(
+            f"{f'stage {s + 1}':>10}" for s in range(len(self.stages))
+        )
+        lines = [header + f"{'total':>10}"]
+        for task in tasks:
+            row = [self.stages[s].get(task, 0) for s in range(len(self.stages))]
+            lines.append(f"{task:<{width}}" + "".join(f"{n:>10}" for n in row) + f"{sum(row):>10}")
+        totals = [self.stage_length(s) for s in range(len(self.stages))]
+        lines.append(
+            f"{'steps':<{width}}" + "".join(f"{n:>10}" for n in totals) + f"{sum(totals):>10}"
+        )
+        return "\n".join(lines)
+
+    # ---- consumption --------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """Whether every stage's budget is consumed."""
+        return self.stage >= len(self.stages)
+
+    def remaining(self, stage: int | None = None) -> dict[str, int]:
+        """Iterations left per task in a stage (default: the current one)."""
+        s = self.stage if stage is None else stage
+        return {
+            t: n - self.done[s][t] for t, n in self.stages[s].items() if n - self.done[s][t] > 0
+        }
+
+    def sample(self, tasks_per_step: int = 1) -> list[str]:
+        """The task(s) of the next step, proportional to remaining budget; consumes them."""
+        if self.finished:
+            raise StopIteration("the schedule is finished")
+        remaining = self.remaining()
+        names = list(remaining)
+        weights = np.asarray([remaining[n] for n in names], dtype=np.float64)
+        k = min(tasks_per_step, len(names))
+        rng = np.random.default_rng([self.seed, self.step])
+        picked = rng.choice(len(names), size=k, replace=False, p=weights / weights.sum())
+        chosen = [names[i] for i in sorted(picked)]
+        for name in chosen:
+            self.done[self.stage][name] += 1
+        self.step += 1
+        if not self.remaining():
+            self.stage += 1
+        return chosen
+
+    # ---- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue: plan, consumption, position."""
+        return {
+            "stages": [dict(s) for s in self.stages],
+            "done": [dict(d) for d in self.done],
+            "seed": self.seed,
+            "step": self.step,
+            "stage": self.stage,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a saved state. Stages already started keep their saved allocation
+        (history); later stages come from this schedule's plan, which may add new tasks."""
+        saved_stages = [dict(s) for s in state["stages"]]
+        started = min(int(state["stage"]) + 1, len(saved_stages))
+        if len(self.stages) < started:
+            raise ValueError(
+                f"the checkpoint has reached stage {started} but this config plans only "
+                f"{len(self.stages)} stage(s)"
+            )
+        for s in range(started):
+            for task in saved_stages[s]:
+                if task not in self.tasks:
+                    raise ValueError(
+                        f"the checkpoint trained task {task!r}, which this config does not list; "
+                        f"config tasks: {self.tasks}"
+                    )
+        self.stages = saved_stages[:started] + self.stages[started:]
+        self.done = [dict.fromkeys(stage, 0) for stage in self.stages]
+        for s, done in enumerate(state["done"][:started]):
+            self.done[s].update({t: int(n) for t, n in done.items()})
+        self.seed, self.step = int(state["seed"]), int(state["step"])
+        self.stage = int(state["stage"])
+        while not self.finished and not self.remaining():
+            self.stage += 1

@@ -1,0 +1,274 @@
+"""The continual multi-task pretraining loop, on `accelerate` (CPU, DDP, DeepSpeed).
+
+Exact resume by construction: every step reseeds torch from (seed, step), the task sampler is
+seeded by (seed, step) and data streams are positional, so a run resumed from a checkpoint
+replays the same steps as the uninterrupted run. Each step's examples are drawn globally and
+each process takes its slice, so data positions do not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from tqdm import tqdm
+
+from ernie_style.checkpoint import find_resumable
+from ernie_style.config import dump_yaml
+from ernie_style.examples import collate
+from ernie_style.lr import StageLR
+from ernie_style.monitor import RunLogger
+from ernie_style.pretrain_config import PretrainConfig
+from ernie_style.run_state import RunState, build_run_state, load_checkpoint, save_checkpoint
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after too many consecutive NaN/inf losses (a checkpoint was saved first)."""
+
+
+def make_accelerator(config: PretrainConfig) -> Accelerator:
+    """An Accelerator on CPU when there is no GPU; unused task heads are allowed under DDP."""
+    precision = config.precision
+    cpu = not torch.cuda.is_available()
+    if cpu and precision == "fp16":
+        raise ValueError("precision=fp16 needs a GPU; use bf16 on CPU")
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+class PretrainTrainer:
+    """Runs a `PretrainConfig` to the end of its schedule, checkpointing along the way."""
+
+    def __init__(self, config: PretrainConfig, resume: str | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(config.output_dir)
+        self.accelerator = make_accelerator(config)
+        world = self.accelerator.num_processes
+        check_batch_divides(config, world)
+        if config.num_workers_threads:
+            torch.set_num_threads(config.num_workers_threads)
+        self.state: RunState = build_run_state(config)
+        checkpoint = self._resolve_resume(resume)
+        if checkpoint is not None:
+            load_checkpoint(self.state, checkpoint, config)
+            self._print(f"resumed from {checkpoint} at step {self.state.schedule.step}")
+        self.lr = StageLR(
+            self.state.schedule,
+            config.optim.warmup_steps,
+            config.optim.lr_schedule,
+            config.schedule.restart_warmup_each_stage,
+        )
+        self.model, self.optimizer = self.accelerator.prepare(
+            self.state.model, self.state.optimizer
+        )
+        self.logger = RunLogger(self.run_dir, enabled=self.accelerator.is_main_process)
+
+    # ---- setup helpers ------------------------------------------------------------------
+    def _resolve_resume(self, resume: str | None) -> Path | None:
+        if resume is None:
+            return None
+        if resume == "auto":
+            found = find_resumable(self.run_dir / "checkpoints")
+            if found is None:
+                self._print("no complete checkpoint to resume from; starting fresh")
+            return found
+        path = Path(resume)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--resume {resume}: no such checkpoint directory")
+        return path
+
+    def _print(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            tqdm.write(message)
+
+    # ---- the loop -----------------------------------------------------------------------
+    def train(self) -> Path:
+        """Train to the end of the schedule; returns the run directory."""
+        config, schedule = self.config, self.state.schedule
+        if self.accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
+        bar = tqdm(
+            total=schedule.total_steps,
+            initial=schedule.step,
+            disable=not self.accelerator.is_main_process,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        window: dict[str, list[float]] = {}
+        tokens_in_window, window_start, data_seconds = 0, time.perf_counter(), 0.0
+        while not schedule.finished:
+            stage_before = schedule.stage
+            step = schedule.step
+            t0 = time.perf_counter()
+            batches = self._next_batches()
+            data_seconds += time.perf_counter() - t0
+            losses = self._train_step(step, batches)
+            for task, loss in losses.items():
+                window.setdefault(task, []).append(loss)
+            tokens_in_window += (
+                sum(int(b["attention_mask"].sum()) for micro in batches.values() for b in micro)
+                * self.accelerator.num_processes
+            )
+            stage_ended = schedule.stage != stage_before or schedule.finished
+            self.logger.train_losses(step, stage_before + 1, losses)
+            bar.update(1)
+            if (step + 1) % config.log_every == 0 or stage_ended:
+                elapsed = time.perf_counter() - window_start
+                self._log(
+                    bar,
+                    step,
+                    stage_before,
+                    window,
+                    tokens_in_window / elapsed,
+                    data_seconds / elapsed,
+                )
+                window, tokens_in_window, window_start, data_seconds = (
+                    {},
+                    0,
+                    time.perf_counter(),
+                    0.0,
+                )
+            if (step + 1) % config.eval_every == 0 or stage_ended:
+                self._evaluate(step + 1, stage_before)
+            if (step + 1) % config.checkpoint_every == 0 or stage_ended:
+                self.save()
+        bar.close()
+        self.logger.close()
+        self.accelerator.wait_for_everyone()
+        return self.run_dir
+
+    def _next_batches(self) -> dict[str, list[dict]]:
+        """Sample the step's task(s) and build each task's micro-batches for this process."""
+        config, state = self.config, self.state
+        k = config.schedule.tasks_per_step if config.schedule.mixed_batches else 1
+        tasks = state.schedule.sample(k)
+        if config.schedule.mlm_every_step and "knowledge_masking" not in tasks:
+            tasks.append("knowledge_masking")
+        per_task = config.batch_size // len(tasks)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        accum = config.optim.grad_accum_steps
+        batches = {}
+        for task in tasks:
+            examples = state.streams[task].take(per_task)[rank::world]
+            size = len(examples) // accum
+            batches[task] = [
+                collate(examples[i * size : (i + 1) * size], state.pad_id) for i in range(accum)
+            ]
+        return batches
+
+    def _train_step(self, step: int, batches: dict[str, list[dict]]) -> dict[str, float]:
+        """Forward/backward over micro-batches, then a clipped AdamW step (skipped if the loss
+        is not finite)."""
+        config, accel = self.config, self.accelerator
+        torch.manual_seed(_step_seed(config.seed, step, accel.process_index))
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.optim.lr * self.lr.factor(step)
+        accum = config.optim.grad_accum_steps
+        totals = dict.fromkeys(batches, 0.0)
+        self.model.train()
+        for micro in range(accum):
+            micro_batches = [(task, mb[micro]) for task, mb in batches.items()]
+            sync = micro == accum - 1
+            with accel.no_sync(self.model) if not sync else contextlib.nullcontext():
+                outputs = self.model([b | {"task": t} for t, b in micro_batches])
+                loss = sum(o.loss for o in outputs) / (len(outputs) * accum)
+                accel.backward(loss)
+            for out in outputs:
+                totals[out.task] += out.loss.detach().float().item() / accum
+        finite = torch.tensor([float(all(math.isfinite(v) for v in totals.values()))])
+        finite = accel.reduce(finite.to(accel.device), reduction="sum").item()
+        if finite < accel.num_processes:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.nonfinite_in_a_row += 1
+            self.state.nonfinite_total += 1
+            self._print(f"step {step}: non-finite loss {totals}; step skipped")
+            if self.state.nonfinite_in_a_row >= config.max_nonfinite_steps:
+                path = self.save()
+                raise NonFiniteLossError(
+                    f"{self.state.nonfinite_in_a_row} non-finite losses in a row at step {step}; "
+                    f"stopped. The last good state is saved in {path}"
+                )
+            return totals
+        self.state.nonfinite_in_a_row = 0
+        if config.optim.max_grad_norm > 0:
+            accel.clip_grad_norm_(self.model.parameters(), config.optim.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return totals
+
+    def _log(self, bar, step, stage, window, tokens_per_s, data_fraction) -> None:
+        means = {t: sum(v) / len(v) for t, v in window.items()}
+        mix = ",".join(f"{t[:4]}:{len(v)}" for t, v in window.items())
+        bar.set_postfix_str(
+            f"stage {stage + 1} | {mix} | "
+            + " ".join(f"{t[:4]}={v:.3f}" for t, v in means.items())
+            + f" | {tokens_per_s:,.0f} tok/s"
+        )
+        scalars = {f"train/loss/{t}": v for t, v in means.items()}
+        scalars |= {
+            "train/tokens_per_s": tokens_per_s,
+            "train/data_wait_fraction": data_fraction,
+            "train/lr": self.optimizer.param_groups[0]["lr"],
+            "train/stage": stage + 1,
+        }
+        self.logger.scalars(step + 1, scalars)
+
+    @torch.no_grad()
+    def _evaluate(self, step: int, stage: int) -> dict[str, dict[str, float]]:
+        """Held-out loss/accuracy of every task seen so far (the forgetting monitor)."""
+        results = {}
+        self.model.eval()
+        for task in self.state.schedule_tasks_seen(stage):
+            batches = self.state.heldout_batches(
+                task, self.config.eval_batches, self.config.batch_size
+            )
+            if not batches:
+                continue
+            loss_sum, correct, count = 0.0, 0.0, 0.0
+            for batch in batches:
+                out = self.model([dict(batch, task=task)])[0]
+                metrics = self.state.tasks[task].metrics(out.logits.float(), out.targets)
+                loss_sum += out.loss.float().item() * metrics["count"]
+                correct += metrics["accuracy"] * metrics["count"]
+                count += metrics["count"]
+            if count:
+                results[task] = {"loss": loss_sum / count, "accuracy": correct / count}
+        self.logger.heldout(step, stage + 1, results)
+        starts = [
+            self.state.schedule.stage_start(s) for s in range(len(self.state.schedule.stages))
+        ]
+        self.logger.plot_heldout(starts)
+        return results
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current state (all processes must call it)."""
+        return save_checkpoint(
+            self.state, self.accelerator, self.model, self.optimizer, self.config
+        )
+
+
+def check_batch_divides(config: PretrainConfig, world: int) -> None:
+    """Refuse a batch size that does not split evenly over processes, micro-batches and the
+    tasks of a step."""
+    k = config.schedule.tasks_per_step if config.schedule.mixed_batches else 1
+    k += int(config.schedule.mlm_every_step)
+    unit = world * config.optim.grad_accum_steps
+    per_task = config.batch_size // k
+    if per_task == 0 or per_task % unit or config.batch_size % k:
+        raise ValueError(
+            f"batch_size={config.batch_size} does not divide across {world} process(es) x "
+            f"{config.optim.grad_accum_steps} micro-batch(es) x {k} task(s) per step"
+        )
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + rank) % (2**63 - 1)

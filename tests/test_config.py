@@ -1,0 +1,76 @@
+import pytest
+
+from ernie_style.config import apply_overrides, load_config
+from ernie_style.pretrain_config import PretrainConfig
+
+BASE = [
+    "data.corpus=somewhere",
+    "tasks={knowledge_masking: {budget: 30}, capitalization: {budget: 20}}",
+]
+
+
+def test_overrides_are_parsed_as_yaml_values():
+    data = apply_overrides({}, ["a.b=3", "c=true", "d=[1, 2]", "e=hello"])
+    assert data == {"a": {"b": 3}, "c": True, "d": [1, 2], "e": "hello"}
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "output_dir: runs/a\nseed: 1\noptim:\n  lr: 0.001\n" + "data:\n  corpus: c\n"
+        "tasks:\n  capitalization:\n    budget: 10\n"
+    )
+    config = load_config(PretrainConfig, path, ["seed=5", "output_dir=runs/b"])
+    assert (config.seed, config.output_dir, config.optim.lr) == (5, "runs/b", 0.001)
+    assert config.tasks["capitalization"].budget == 10
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lrr=1", r"unknown config key\(s\) \['optim.lrr'\]"),
+        (
+            "tasks={capitalisation: {budget: 3}}",
+            "unknown task; registered tasks: knowledge_masking",
+        ),
+        ("tasks={capitalization: {budget: 0}}", r"tasks\.capitalization\.budget must be > 0"),
+        ("batch_size=-1", "batch_size must be > 0"),
+        ("seed=abc", "config key 'seed' must be int"),
+        ("precision=fp8", "config key 'precision' must be one of"),
+        ("model.preset=huge", "model.preset 'huge'"),
+    ],
+)
+def test_bad_values_are_errors_naming_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(PretrainConfig, None, [*BASE, override])
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("seed: [1,\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml: invalid YAML"):
+        load_config(PretrainConfig, path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config(PretrainConfig, tmp_path / "missing.yaml")
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("seed: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ValueError, match="invalid YAML"):
+        load_config(PretrainConfig, path)
+
+
+def test_auto_schedule_from_task_order_and_first_stage():
+    config = load_config(
+        PretrainConfig,
+        None,
+        [
+            "data.corpus=c",
+            "tasks={knowledge_masking: {budget: 40}, capitalization: {budget: 30, first_stage: 1}, "
+            "sentence_reordering: {budget: 20}}",
+        ],
+    )
+    schedule = config.build_schedule()
+    assert len(schedule.stages) == 3
+    assert schedule.stages[0] == {"knowledge_masking": 20, "capitalization": 14}

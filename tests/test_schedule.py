@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+
+from ernie_style.lr import StageLR
+from ernie_style.schedule import ContinualSchedule, auto_allocation, explicit_allocation
+
+PAPER = {
+    "knowledge_masking": [20_000, 10_000, 10_000, 10_000],
+    "capitalization": [0, 30_000, 10_000, 10_000],
+    "token_document_relation": [0, 0, 40_000, 10_000],
+    "sentence_reordering": [0, 0, 0, 50_000],
+}
+
+
+def test_auto_allocation_reproduces_the_paper_table():
+    names = list(PAPER)
+    stages = auto_allocation(dict.fromkeys(names, 50_000), {n: i for i, n in enumerate(names)}, 4)
+    table = {n: [stage.get(n, 0) for stage in stages] for n in names}
+    assert table == PAPER
+
+
+def test_auto_allocation_spends_each_budget_exactly_and_most_in_the_first_stage():
+    budgets = {"a": 1000, "b": 777, "c": 31, "d": 5}
+    stages = auto_allocation(budgets, {"a": 0, "b": 1, "c": 1, "d": 3}, 4)
+    for name, budget in budgets.items():
+        per_stage = [s.get(name, 0) for s in stages]
+        assert sum(per_stage) == budget
+        first = next(i for i, n in enumerate(per_stage) if n)
+        assert per_stage[first] == max(per_stage)
+
+
+def test_sampling_is_proportional_to_remaining_budget_and_spends_it():
+    schedule = ContinualSchedule([{"a": 300, "b": 100}, {"a": 50, "b": 50}], seed=1)
+    first_100 = [schedule.sample()[0] for _ in range(100)]
+    assert 60 <= first_100.count("a") <= 90  # ~75% early on
+    while schedule.stage == 0:
+        schedule.sample()
+    assert schedule.step == 400 and schedule.done[0] == {"a": 300, "b": 100}
+    rest = [schedule.sample()[0] for _ in range(100)]
+    assert rest.count("a") == 50 and schedule.finished
+    with pytest.raises(StopIteration):
+        schedule.sample()
+
+
+def test_sampling_is_deterministic_and_resumes_exactly():
+    plan = [{"a": 20}, {"a": 10, "b": 30}, {"a": 5, "b": 5, "c": 40}]
+    full = ContinualSchedule(plan, seed=3)
+    reference = [full.sample() for _ in range(full.total_steps)]
+    part = ContinualSchedule(plan, seed=3)
+    head = [part.sample() for _ in range(37)]
+    resumed = ContinualSchedule(plan, seed=3)
+    resumed.load_state_dict(part.state_dict())
+    tail = [resumed.sample() for _ in range(resumed.total_steps - 37)]
+    assert head + tail == reference
+
+
+def test_mixed_steps_draw_distinct_tasks():
+    schedule = ContinualSchedule([{"a": 10, "b": 10, "c": 10}], seed=0)
+    for _ in range(5):
+        picked = schedule.sample(tasks_per_step=2)
+        assert len(picked) == len(set(picked)) == 2
+    assert sum(schedule.done[0].values()) == 10
+
+
+def test_resume_with_new_tasks_keeps_history_and_appends_stages():
+    old = ContinualSchedule([{"a": 10}, {"a": 5, "b": 10}], seed=0)
+    while not old.finished:
+        old.sample()
+    new = ContinualSchedule([{"a": 99}, {"a": 1, "b": 1}, {"a": 4, "b": 4, "c": 12}], seed=0)
+    new.load_state_dict(old.state_dict())
+    assert new.stages[:2] == old.stages  # history kept, not re-planned
+    assert new.stage == 2 and new.remaining() == {"a": 4, "b": 4, "c": 12}
+
+
+def test_resume_refuses_a_config_without_the_checkpoints_tasks():
+    old = ContinualSchedule([{"a": 2, "z": 2}], seed=0)
+    old.sample()
+    with pytest.raises(ValueError, match="task 'z'"):
+        ContinualSchedule([{"a": 4}], seed=0).load_state_dict(old.state_dict())
+
+
+def test_explicit_allocation_and_plan_table():
+    stages = explicit_allocation({"a": [5, 5], "b": [0, 7]})
+    assert stages == [{"a": 5}, {"a": 5, "b": 7}]
+    table = ContinualSchedule(stages).plan_table()
+    assert "stage 2" in table and table.splitlines()[-1].split() == ["steps", "5", "12", "17"]
+    with pytest.raises(ValueError, match="same number of stages"):
+        explicit_allocation({"a": [1], "b": [1, 2]})
+
+
+def test_lr_warms_up_and_decays_within_each_stage():
+    schedule = ContinualSchedule([{"a": 100}, {"a": 50, "b": 50}])
+    lr = StageLR(schedule, warmup_steps=10, kind="linear", per_stage=True)
+    factors = np.array([lr.factor(s) for s in range(200)])
+    assert factors[9] == pytest.approx(1.0) and factors[0] == pytest.approx(0.1)
+    assert factors[99] < 0.02 and factors[100] == pytest.approx(0.1)  # restart at stage 2
+    once = StageLR(schedule, warmup_steps=10, kind="cosine", per_stage=False)
+    assert once.factor(100) > 0.4 and once.factor(199) < 0.01
