@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from ernie_style import __version__
 
 #: Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("tasks", "examples", "pretrain")
+COMMANDS = ("tasks", "prepare", "examples", "pretrain")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, PermissionError) as error:
+    except (ValueError, TypeError, FileNotFoundError, KeyError, PermissionError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"ernie-style: error: {message}", file=sys.stderr)
         return 2

@@ -33,6 +33,11 @@ class TaskExampleStream:
         self.offset = 0  # examples already taken from the current document
         self._order: np.ndarray | None = None
         self._pending: list[Example] = []
+        # Training progress (0..1) as last told by the trainer, and the value the current
+        # document's examples were built with: curricula (staged masking) read it, and resume
+        # must rebuild the current document exactly as it was built.
+        self.progress = 0.0
+        self._doc_progress = 0.0
 
     def _rng(self, document: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.task.task_id, self.epoch, document + 2])
@@ -42,7 +47,13 @@ class TaskExampleStream:
             self._order = self._rng(-2).permutation(len(self.corpus))
         return self._order
 
-    def _load_current(self) -> None:
+    def set_progress(self, fraction: float) -> None:
+        """Training progress (0..1); applies from the next document the stream opens."""
+        self.progress = float(fraction)
+
+    def _load_current(self, progress: float | None = None) -> None:
+        self._doc_progress = self.progress if progress is None else progress
+        self.task.set_progress(self._doc_progress)
         if self.cursor == _CORPUS_LEVEL:
             examples = self.task.corpus_examples(self._rng(_CORPUS_LEVEL), self.corpus)
         else:
@@ -93,6 +104,7 @@ class TaskExampleStream:
             "epoch": self.epoch,
             "cursor": self.cursor,
             "offset": self.offset,
+            "doc_progress": self._doc_progress,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -111,4 +123,4 @@ class TaskExampleStream:
         self._order = None
         self._pending = []
         if self.cursor != _CORPUS_LEVEL or self.offset:
-            self._load_current()
+            self._load_current(progress=float(state.get("doc_progress", 0.0)))

@@ -153,11 +153,13 @@ class PretrainTrainer:
         tasks = state.schedule.sample(k)
         if config.schedule.mlm_every_step and "knowledge_masking" not in tasks:
             tasks.append("knowledge_masking")
+        progress = state.schedule.step / max(state.schedule.total_steps, 1)
         per_task = config.batch_size // len(tasks)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         accum = config.optim.grad_accum_steps
         batches = {}
         for task in tasks:
+            state.streams[task].set_progress(progress)
             examples = state.streams[task].take(per_task)[rank::world]
             size = len(examples) // accum
             batches[task] = [

@@ -1,0 +1,117 @@
+"""Token-document relation (ERNIE 2.0): does a word of a segment also occur in another segment
+of the same document? Words that recur across a document tend to be its key words, so the task
+teaches the model to spot them from one segment alone.
+
+Segments are the windows of whole sentences that tile the document (`sentence_windows`); a
+document that fits one window but has at least 2 sentences is cut into two halves by sentence
+(the first half gets the extra sentence of an odd count). A one-sentence document gives no
+example. Each segment makes one example, labelled per word on its first sub-token:
+
+    1               the case-folded word occurs in some other segment of the document
+    0               it does not
+    IGNORE_INDEX    punctuation (a word without any alphanumeric character), special tokens
+
+A segment without any labelled word (e.g. only punctuation) gives no example.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from torch import nn
+
+from ernie_style.examples import (
+    IGNORE_INDEX,
+    CorpusContext,
+    Example,
+    TokenizedDocument,
+    assemble,
+    sentence_windows,
+)
+from ernie_style.heads import TaskHead, TokenClassificationHead
+from ernie_style.registry import PretrainTask, register_task
+
+
+def is_punctuation(word: str) -> bool:
+    """True for a word without any alphanumeric character (punctuation, symbols)."""
+    return not any(c.isalnum() for c in word)
+
+
+def document_segments(document: TokenizedDocument, budget: int) -> list[tuple[int, int]]:
+    """Word spans [start, end) of the segments of a document (see the module docstring)."""
+    windows = sentence_windows(document, budget)
+    if len(windows) != 1:
+        return windows
+    start, end = windows[0]
+    word_sentence = document.doc.word_sentence
+    # Word index at which each sentence of the window begins.
+    firsts = [
+        w for w in range(start, end) if w == start or word_sentence[w] != word_sentence[w - 1]
+    ]
+    if len(firsts) < 2:
+        return []
+    middle = firsts[(len(firsts) + 1) // 2]
+    return [(start, middle), (middle, end)]
+
+
+def relation_labels(words: list[str], segments: list[tuple[int, int]]) -> list[list[int]]:
+    """Per-word labels of each segment: 1 if the case-folded word occurs in another segment, 0
+    if not, IGNORE_INDEX for punctuation. `words` are the document's words; `segments` are word
+    spans.
+    """
+    folded = [[w.casefold() for w in words[a:b]] for a, b in segments]
+    segment_count: Counter[str] = Counter()
+    for forms in folded:
+        segment_count.update(set(forms))
+    out = []
+    for forms, (a, _) in zip(folded, segments, strict=True):
+        # A word present in this segment is elsewhere too when it is in >= 2 segments.
+        out.append(
+            [
+                IGNORE_INDEX if is_punctuation(words[a + k]) else int(segment_count[form] >= 2)
+                for k, form in enumerate(forms)
+            ]
+        )
+    return out
+
+
+@register_task
+class TokenDocumentRelation(PretrainTask):
+    """Token level, 2 labels; the label sits on each word's first sub-token."""
+
+    name = "token_document_relation"
+    level = "token"
+    description = "does each word also occur in another segment of its document"
+    task_id = 2
+
+    @property
+    def num_labels(self) -> int:
+        """Occurs elsewhere in the document or not."""
+        return 2
+
+    def examples(
+        self, document: TokenizedDocument, rng: np.random.Generator, corpus: CorpusContext
+    ) -> list[Example]:
+        """One example per segment of the document (none for a one-sentence document)."""
+        tok = self.tokenizer
+        segments = document_segments(document, self.max_seq_len - 2)
+        out = []
+        all_labels = relation_labels(document.doc.words(), segments)
+        for (start, end), word_labels in zip(segments, all_labels, strict=True):
+            labels = document.word_labels_to_tokens(start, end, word_labels)
+            ids, types, token_labels = assemble(
+                [document.tokens(start, end)],
+                self.max_seq_len,
+                tok.cls_token_id,
+                tok.sep_token_id,
+                [labels],
+            )
+            if token_labels is None or all(label == IGNORE_INDEX for label in token_labels):
+                continue
+            out.append(Example(self.name, self.task_id, ids, types, token_labels))
+        return out
+
+    def build_head(self, backbone: nn.Module) -> TaskHead:
+        """Binary classifier per token."""
+        return TokenClassificationHead(backbone.config.hidden_size, self.num_labels)
