@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ernie_style.corpus import load_corpus
 from transformers import ErnieModel
 
+from ernie_style.corpus import load_corpus
 from ernie_style.document import DocumentSequence
 from ernie_style.examples import CorpusContext, collate
 from ernie_style.model import ErniePretrainingModel, build_backbone_config
