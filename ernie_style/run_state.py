@@ -7,6 +7,7 @@ parameters start with none), and the schedule keeps the stages the checkpoint ha
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ class RunState:
     seed: int
     nonfinite_in_a_row: int = 0
     nonfinite_total: int = 0
+    tokens_seen: int = 0
     _heldout: dict[str, list[dict]] = field(default_factory=dict)
 
     @property
@@ -199,7 +201,9 @@ def _trainer_state(state: RunState, accelerator: Any) -> dict[str, Any]:
         "schedule": state.schedule.state_dict(),
         "streams": {name: s.state_dict() for name, s in state.streams.items()},
         "tasks": {name: t.task_id for name, t in state.tasks.items()},
+        "tokenizer_fingerprint": tokenizer_fingerprint(state.tokenizer),
         "nonfinite_total": state.nonfinite_total,
+        "tokens_seen": state.tokens_seen,
         "nonfinite_in_a_row": state.nonfinite_in_a_row,
         "num_processes": accelerator.num_processes,
     }
@@ -228,6 +232,7 @@ def load_checkpoint(state: RunState, checkpoint: Path, config: PretrainConfig) -
         if name in state.streams:
             state.streams[name].load_state_dict(stream_state)
     state.nonfinite_total = int(trainer_state.get("nonfinite_total", 0))
+    state.tokens_seen = int(trainer_state.get("tokens_seen", 0))
     torch.set_rng_state(load_tensors(checkpoint / "rng_state.safetensors")["torch"])
     return new_tasks
 
@@ -243,12 +248,18 @@ def _check_compatible(state: RunState, checkpoint: Path) -> None:
     if diffs:
         detail = ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diffs.items())
         raise ValueError(f"{checkpoint}: model size does not match the config ({detail})")
-    saved_vocab = checkpoint / "tokenizer" / "vocab.txt"
-    current_vocab = state.tokenizer.get_vocab()
-    if saved_vocab.is_file():
-        tokens = saved_vocab.read_text(encoding="utf-8").splitlines()
-        if {t: i for i, t in enumerate(tokens)} != current_vocab:
-            raise ValueError(
-                f"{checkpoint}: the checkpoint's tokenizer differs from the configured one "
-                f"({len(tokens)} vs {len(current_vocab)} tokens or different ids)"
-            )
+    saved_tokenizer = json.loads((checkpoint / "trainer_state.json").read_text("utf-8")).get(
+        "tokenizer_fingerprint"
+    )
+    if saved_tokenizer != tokenizer_fingerprint(state.tokenizer):
+        raise ValueError(
+            f"{checkpoint}: the checkpoint's tokenizer differs from the configured one "
+            f"(vocabulary fingerprint mismatch; vocabulary size now {len(state.tokenizer)})"
+        )
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of the vocabulary (token -> id) and lower-casing setting."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    lowercase = bool(getattr(tokenizer, "do_lower_case", False))
+    return hashlib.sha256(json.dumps([lowercase, vocab]).encode("utf-8")).hexdigest()

@@ -114,10 +114,11 @@ class PretrainTrainer:
             losses = self._train_step(step, batches)
             for task, loss in losses.items():
                 window.setdefault(task, []).append(loss)
-            tokens_in_window += (
-                sum(int(b["attention_mask"].sum()) for micro in batches.values() for b in micro)
-                * self.accelerator.num_processes
+            step_tokens = self.accelerator.num_processes * sum(
+                int(b["attention_mask"].sum()) for micro in batches.values() for b in micro
             )
+            tokens_in_window += step_tokens
+            self.state.tokens_seen += step_tokens
             stage_ended = schedule.stage != stage_before or schedule.finished
             self.logger.train_losses(step, stage_before + 1, losses)
             bar.update(1)
