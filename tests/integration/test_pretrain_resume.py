@@ -1,0 +1,224 @@
+"""Tiny model on CPU: train, SIGKILL, resume; resume with a new task; export; NaN handling."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ernie_style.checkpoint import find_resumable, list_checkpoints
+from ernie_style.config import load_config
+from ernie_style.pretrain_config import PretrainConfig
+
+from .conftest import child_env, pretrain_cmd, step_losses, write_config
+
+TOTAL_STEPS = 26  # 12 + 8 + 6
+
+
+@pytest.fixture(scope="module")
+def reference_run(small_corpus, tmp_path_factory):
+    """The uninterrupted run every resumed run is compared with."""
+    root = tmp_path_factory.mktemp("reference")
+    config = write_config(root / "run.yaml", small_corpus, root / "run")
+    subprocess.run(pretrain_cmd(config), check=True, capture_output=True, env=child_env())
+    return root / "run"
+
+
+def _final_weights(run_dir):
+    newest = list_checkpoints(run_dir / "checkpoints")[0]
+    assert newest.name == f"step-{TOTAL_STEPS:08d}"
+    return load_file(str(newest / "model.safetensors"))
+
+
+def test_uninterrupted_run_plans_trains_and_logs(reference_run):
+    losses = step_losses(reference_run)
+    assert {s for s, _ in losses} == set(range(TOTAL_STEPS))
+    assert {t for _, t in losses} == {"knowledge_masking", "capitalization", "sentence_distance"}
+    # Stage 1 is knowledge masking alone; later stages keep training it.
+    assert all(t == "knowledge_masking" for s, t in losses if s < 6)
+    assert any(t == "knowledge_masking" for s, t in losses if s >= 14)
+    heldout = (reference_run / "heldout.csv").read_text().splitlines()
+    assert heldout[0] == "step,stage,task,loss,accuracy" and len(heldout) > 3
+    assert (reference_run / "heldout_loss.png").stat().st_size > 1000
+    assert list((reference_run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_sigkill_then_resume_reproduces_the_uninterrupted_run(
+    reference_run, small_corpus, tmp_path
+):
+    config = write_config(tmp_path / "run.yaml", small_corpus, tmp_path / "run")
+    proc = subprocess.Popen(pretrain_cmd(config), env=child_env(), stderr=subprocess.DEVNULL)
+    csv_path = tmp_path / "run" / "train_loss.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if csv_path.exists() and len(csv_path.read_text().splitlines()) > 13:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    checkpoint = find_resumable(tmp_path / "run" / "checkpoints")
+    assert checkpoint is not None, "no complete checkpoint before the kill"
+    resumed_at = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+    assert 0 < resumed_at < TOTAL_STEPS
+    subprocess.run(
+        pretrain_cmd(config, "--resume", "auto"), check=True, capture_output=True, env=child_env()
+    )
+    reference, resumed = step_losses(reference_run), step_losses(tmp_path / "run")
+    assert set(resumed) == set(reference)
+    for key in sorted(k for k in reference if k[0] >= resumed_at):
+        assert resumed[key] == pytest.approx(reference[key], abs=1e-6), key
+    final, expected = _final_weights(tmp_path / "run"), _final_weights(reference_run)
+    for name, tensor in expected.items():
+        assert torch.allclose(final[name], tensor, atol=1e-6), name
+
+
+def test_resume_with_a_new_task_keeps_weights_optimizer_and_history(
+    reference_run, small_corpus, tmp_path
+):
+    from ernie_style.checkpoint import load_torch
+    from ernie_style.run_state import build_run_state, load_checkpoint
+
+    checkpoint = list_checkpoints(reference_run / "checkpoints")[0]
+    config_path = write_config(
+        tmp_path / "more.yaml",
+        small_corpus,
+        reference_run,
+        tasks={
+            "knowledge_masking": {"budget": 12},
+            "capitalization": {"budget": 8},
+            "sentence_distance": {"budget": 6},
+            "sentence_reordering": {"budget": 6},
+        },
+    )
+    config = load_config(PretrainConfig, config_path)
+    state = build_run_state(config)
+    new_tasks = load_checkpoint(state, checkpoint, config)
+    assert new_tasks == ["sentence_reordering"]
+    saved = load_file(str(checkpoint / "model.safetensors"))
+    current = state.model.state_dict()
+    for name, tensor in saved.items():
+        assert torch.equal(current[name], tensor), name
+    saved_optimizer = load_torch(checkpoint / "optimizer.pt")["state"]
+    params = dict(state.model.named_parameters())
+    probe = "heads.capitalization.classifier.weight"
+    assert torch.equal(
+        state.optimizer.state[params[probe]]["exp_avg"], saved_optimizer[probe]["exp_avg"]
+    )
+    new_param = params["heads.sentence_reordering.classifier.weight"]
+    assert new_param not in state.optimizer.state
+    assert any(new_param is p for group in state.optimizer.param_groups for p in group["params"])
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["schedule"]["stages"]
+    assert state.schedule.stages[:3] == history
+    assert set(state.schedule.stages[3]) == {
+        "knowledge_masking",
+        "capitalization",
+        "sentence_distance",
+        "sentence_reordering",
+    }
+    assert state.schedule.stage == 3
+
+    run = subprocess.run(
+        pretrain_cmd(config_path, "--resume", "auto"),
+        capture_output=True,
+        env=child_env(),
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    losses = step_losses(reference_run)
+    new_steps = {t for s, t in losses if s >= TOTAL_STEPS}
+    assert "sentence_reordering" in new_steps and len(new_steps) >= 3  # old tasks keep training
+
+
+def test_resume_refuses_a_different_model_size_or_tokenizer(reference_run, small_corpus, tmp_path):
+    config = write_config(
+        tmp_path / "big.yaml", small_corpus, reference_run, model={"preset": "small"}
+    )
+    run = subprocess.run(
+        pretrain_cmd(config, "--resume", "auto"), capture_output=True, env=child_env(), text=True
+    )
+    assert run.returncode == 2
+    assert "model size does not match the config" in run.stderr
+    assert "hidden_size: checkpoint 128 vs config 256" in run.stderr
+
+
+def test_export_loads_with_stock_transformers_and_matches(reference_run, tmp_path):
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer, ErnieConfig, ErnieModel
+
+    release = tmp_path / "release"
+    subprocess.run(
+        [
+            *pretrain_cmd(tmp_path / "x")[:3],
+            "export",
+            "--run",
+            str(reference_run),
+            "--output",
+            str(release),
+        ],
+        check=True,
+        capture_output=True,
+        env=child_env(),
+    )
+    tokenizer = AutoTokenizer.from_pretrained(release)
+    encoder = AutoModel.from_pretrained(release).eval()
+    assert type(encoder).__name__ == "ErnieModel" and encoder.config.use_task_id
+    assert type(AutoModelForMaskedLM.from_pretrained(release)).__name__ == "ErnieForMaskedLM"
+    checkpoint = list_checkpoints(reference_run / "checkpoints")[0]
+    weights = load_file(str(checkpoint / "model.safetensors"))
+    config = ErnieConfig.from_dict(json.loads((checkpoint / "backbone_config.json").read_text()))
+    trained = ErnieModel(config)
+    trained.load_state_dict(
+        {k[len("backbone.") :]: v for k, v in weights.items() if k.startswith("backbone.")}
+    )
+    trained.eval()
+    batch = tokenizer(
+        ["the city is big", "a river"],
+        ["in the valley", "flows"],
+        return_tensors="pt",
+        padding=True,
+    )
+    assert "token_type_ids" in batch and batch["token_type_ids"].max() == 1
+    task_ids = torch.full_like(batch["input_ids"], 1)
+    with torch.no_grad():
+        ours, theirs = (
+            trained(**batch, task_type_ids=task_ids),
+            encoder(**batch, task_type_ids=task_ids),
+        )
+    assert torch.allclose(ours.last_hidden_state, theirs.last_hidden_state, atol=1e-6)
+    assert torch.allclose(ours.pooler_output, theirs.pooler_output, atol=1e-6)
+    card = (release / "README.md").read_text()
+    assert "| `sentence_distance` | 4 |" in card and "tokens seen" in card
+    tasks = json.loads((release / "pretraining_tasks.json").read_text())
+    assert tasks["steps"] >= TOTAL_STEPS and tasks["tokens_seen"] > 0
+
+
+def test_nonfinite_losses_stop_the_run_with_a_checkpoint(small_corpus, tmp_path, monkeypatch):
+    from ernie_style.trainer import NonFiniteLossError, PretrainTrainer
+    from pretrain_tasks.capitalization import Capitalization
+
+    config = load_config(
+        PretrainConfig,
+        write_config(tmp_path / "nan.yaml", small_corpus, tmp_path / "run", max_nonfinite_steps=3),
+    )
+    real_loss = Capitalization.loss
+    monkeypatch.setattr(
+        Capitalization,
+        "loss",
+        lambda self, logits, targets: real_loss(self, logits, targets) * float("nan"),
+    )
+    trainer = PretrainTrainer(config)
+    before = {k: v.clone() for k, v in trainer.state.model.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
+        trainer.train()
+    saved = find_resumable(tmp_path / "run" / "checkpoints")
+    assert saved is not None
+    state = json.loads((saved / "trainer_state.json").read_text())
+    assert state["nonfinite_total"] == 3
+    weights = load_file(str(saved / "model.safetensors"))
+    changed = [k for k in before if not torch.equal(before[k], weights[k])]
+    assert changed  # knowledge-masking steps trained before
+    assert all(not k.startswith("heads.capitalization") for k in changed)  # NaN steps skipped
