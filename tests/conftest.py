@@ -54,3 +54,11 @@ def english_documents():
         for i in range(5)
     ]
     return RegexAnnotator().annotate(raws)
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+    """A small prepared corpus (20 sample articles, regex-annotated, 1500-token vocabulary)."""
+    from pretrain_helpers import make_small_corpus
+
+    return make_small_corpus(tmp_path_factory.mktemp("corpus"))

@@ -9,13 +9,12 @@ import time
 
 import pytest
 import torch
+from pretrain_helpers import child_env, pretrain_cmd, step_losses, write_config
 from safetensors.torch import load_file
 
 from ernie_style.checkpoint import find_resumable, list_checkpoints
 from ernie_style.config import load_config
 from ernie_style.pretrain_config import PretrainConfig
-
-from .conftest import child_env, pretrain_cmd, step_losses, write_config
 
 TOTAL_STEPS = 26  # 12 + 8 + 6
 

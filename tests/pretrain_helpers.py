@@ -1,4 +1,4 @@
-"""A small prepared corpus and a tiny-run config shared by the integration tests."""
+"""Helpers for tests that run `ernie-style pretrain`: a small prepared corpus, tiny configs."""
 
 from __future__ import annotations
 
@@ -8,17 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample_corpus" / "wiki_sample.jsonl"
 
 
-@pytest.fixture(scope="session")
-def small_corpus(tmp_path_factory) -> Path:
+def make_small_corpus(root: Path) -> Path:
     """20 sample articles (first 6 paragraphs each), regex-annotated, with a 1500 tokenizer."""
-    root = tmp_path_factory.mktemp("corpus")
     subset = root / "subset.jsonl"
     with SAMPLE.open(encoding="utf-8") as f, subset.open("w", encoding="utf-8") as out:
         for _, line in zip(range(20), f, strict=False):

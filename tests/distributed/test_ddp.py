@@ -1,0 +1,66 @@
+"""Two CPU processes (DDP over gloo) through `accelerate launch --multi_gpu --num_processes 2`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from pretrain_helpers import child_env, pretrain_cmd, step_losses, write_config
+from safetensors.torch import load_file
+
+from ernie_style.checkpoint import list_checkpoints, verify
+
+pytestmark = pytest.mark.slow
+
+
+def accelerate_cmd(config, *extra):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "bf16"]
+    launch += ["--dynamo_backend", "no", "--main_process_port", "29533"]
+    return [*launch, "-m", "ernie_style", *pretrain_cmd(config, *extra)[3:]]
+
+
+def run(cmd):
+    result = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_two_process_ddp_trains_and_checkpoints(small_corpus, tmp_path):
+    config = write_config(tmp_path / "ddp.yaml", small_corpus, tmp_path / "run")
+    run(accelerate_cmd(config))
+    checkpoints = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert checkpoints[0].name == "step-00000026"
+    assert all(verify(c) is None for c in checkpoints)
+    state = json.loads((checkpoints[0] / "trainer_state.json").read_text())
+    assert state["num_processes"] == 2 and state["schedule"]["stage"] == 3
+    losses = step_losses(tmp_path / "run")
+    assert len({s for s, _ in losses}) == 26
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+
+def test_resume_on_a_different_number_of_processes(small_corpus, tmp_path):
+    one = write_config(tmp_path / "one.yaml", small_corpus, tmp_path / "one")
+    run(pretrain_cmd(one))
+    # Keep the one-process run's checkpoint at step 10 only, and copy it into a fresh run dir.
+    source = tmp_path / "one" / "checkpoints" / "step-00000010"
+    target = tmp_path / "two" / "checkpoints" / "step-00000010"
+    shutil.copytree(source, target)
+    two = write_config(tmp_path / "two.yaml", small_corpus, tmp_path / "two")
+    run(accelerate_cmd(two, "--resume", "auto"))
+    final_one = list_checkpoints(tmp_path / "one" / "checkpoints")[0]
+    final_two = list_checkpoints(tmp_path / "two" / "checkpoints")[0]
+    state_one = json.loads((final_one / "trainer_state.json").read_text())
+    state_two = json.loads((final_two / "trainer_state.json").read_text())
+    # Data positions are global: both runs consumed exactly the same examples per task.
+    assert state_two["streams"] == state_one["streams"]
+    assert state_two["schedule"] == state_one["schedule"]
+    assert state_two["num_processes"] == 2
+    resumed = step_losses(tmp_path / "two")
+    assert min(s for s, _ in resumed) == 10 and max(s for s, _ in resumed) == 25
+    weights = load_file(str(final_two / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
