@@ -102,6 +102,9 @@ class PretrainConfig:
     log_every: int = option(10, "TensorBoard/progress-bar update interval in steps")
     max_nonfinite_steps: int = option(5, "stop after this many NaN/inf losses in a row")
     num_workers_threads: int = option(0, "torch intra-op threads (0 = torch default)")
+    deepspeed: str | None = option(
+        None, "DeepSpeed JSON for torchrun launches (accelerate launches name it in their config)"
+    )
 
     def validate(self) -> None:
         """Checks that need several fields; task names are checked against the registry."""

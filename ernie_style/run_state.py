@@ -25,6 +25,7 @@ from ernie_style.checkpoint import (
     prune,
 )
 from ernie_style.config import dump_yaml
+from ernie_style.deepspeed_support import gather_full_state, is_deepspeed_engine
 from ernie_style.document import DocumentSequence
 from ernie_style.examples import CorpusContext, collate
 from ernie_style.model import ErniePretrainingModel, build_backbone_config, load_backbone
@@ -173,14 +174,19 @@ def save_checkpoint(
     step = state.schedule.step
     accelerator.wait_for_everyone()
     path = root / f"step-{step:08d}"
-    if accelerator.is_main_process:
+    if is_deepspeed_engine(model):
+        # ZeRO shards weights/moments: gather them per name (a collective, on every rank).
+        weights, optimizer_state = gather_full_state(model)
+        unwrapped = model.module
+    else:
         unwrapped = accelerator.unwrap_model(model)
+        weights = unwrapped.state_dict()
+        optimizer_state = optimizer_state_by_name(state.optimizer, _param_names(unwrapped))
+    if accelerator.is_main_process:
         writer = CheckpointWriter(root, step)
         try:
-            writer.save_tensors("model.safetensors", unwrapped.state_dict())
-            writer.save_torch(
-                "optimizer.pt", optimizer_state_by_name(state.optimizer, _param_names(unwrapped))
-            )
+            writer.save_tensors("model.safetensors", weights)
+            writer.save_torch("optimizer.pt", optimizer_state)
             writer.save_tensors("rng_state.safetensors", {"torch": torch.get_rng_state()})
             writer.save_json("trainer_state.json", _trainer_state(state, accelerator))
             writer.save_text("config.yaml", dump_yaml(config))
@@ -235,6 +241,11 @@ def load_checkpoint(state: RunState, checkpoint: Path, config: PretrainConfig) -
     state.tokens_seen = int(trainer_state.get("tokens_seen", 0))
     torch.set_rng_state(load_tensors(checkpoint / "rng_state.safetensors")["torch"])
     return new_tasks
+
+
+def load_full_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A checkpoint's weights and by-name optimizer state (safetensors / weights_only)."""
+    return load_tensors(checkpoint / "model.safetensors"), load_torch(checkpoint / "optimizer.pt")
 
 
 def _check_compatible(state: RunState, checkpoint: Path) -> None:

@@ -8,23 +8,37 @@ each process takes its slice, so data positions do not depend on the number of p
 
 from __future__ import annotations
 
-import contextlib
-import math
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from tqdm import tqdm
 
 from ernie_style.checkpoint import find_resumable
 from ernie_style.config import dump_yaml
+from ernie_style.deepspeed_support import (
+    fill_auto,
+    is_deepspeed_engine,
+    resolve_config,
+    restore_full_state,
+)
+from ernie_style.deepspeed_support import initialize as deepspeed_initialize
 from ernie_style.examples import collate
 from ernie_style.lr import StageLR
 from ernie_style.monitor import RunLogger
 from ernie_style.pretrain_config import PretrainConfig
-from ernie_style.run_state import RunState, build_run_state, load_checkpoint, save_checkpoint
+from ernie_style.run_state import (
+    RunState,
+    build_run_state,
+    load_checkpoint,
+    load_full_state,
+    save_checkpoint,
+)
+from ernie_style.step import StepRunner
 
 
 class NonFiniteLossError(RuntimeError):
@@ -34,11 +48,14 @@ class NonFiniteLossError(RuntimeError):
 def make_accelerator(config: PretrainConfig) -> Accelerator:
     """An Accelerator on CPU when there is no GPU; unused task heads are allowed under DDP."""
     precision = config.precision
-    cpu = not torch.cuda.is_available()
-    if cpu and precision == "fp16":
+    no_gpu = not torch.cuda.is_available()
+    if no_gpu and precision == "fp16":
         raise ValueError("precision=fp16 needs a GPU; use bf16 on CPU")
+    # `cpu=True` would silently turn a DeepSpeed launch into plain multi-CPU; DeepSpeed picks
+    # its own CPU accelerator when there is no GPU.
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     return Accelerator(
-        cpu=cpu,
+        cpu=no_gpu and not deepspeed,
         mixed_precision=precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
@@ -66,12 +83,44 @@ class PretrainTrainer:
             config.optim.lr_schedule,
             config.schedule.restart_warmup_each_stage,
         )
-        self.model, self.optimizer = self.accelerator.prepare(
-            self.state.model, self.state.optimizer
+        self.model, self.optimizer = self._prepare(config)
+        if checkpoint is not None and is_deepspeed_engine(self.model):
+            weights, optimizer_state = load_full_state(checkpoint)
+            restore_full_state(self.model, weights, optimizer_state)
+        self.stepper = StepRunner(
+            self.accelerator, self.model, self.optimizer, config.optim.max_grad_norm
         )
         self.logger = RunLogger(self.run_dir, enabled=self.accelerator.is_main_process)
+        self._print(
+            f"{self.backend_name()}, precision {config.precision}, "
+            f"{self.state.schedule.total_steps} steps"
+        )
+
+    def backend_name(self) -> str:
+        """e.g. 'DeepSpeed ZeRO-2 x 2 process(es) on cpu' or 'MULTI_GPU x 8 process(es) on cuda'."""
+        accel = self.accelerator
+        if is_deepspeed_engine(self.model):
+            stage = self.model.zero_optimization_stage()
+            kind = f"DeepSpeed ZeRO-{stage}"
+        else:
+            kind = accel.distributed_type.value
+        return f"{kind} x {accel.num_processes} process(es) on {accel.device.type}"
 
     # ---- setup helpers ------------------------------------------------------------------
+    def _prepare(self, config: PretrainConfig) -> tuple[Any, Any]:
+        """Wrap model and optimizer for the backend: accelerate (plain, DDP, its DeepSpeed
+        plugin) or, for torchrun launches with `deepspeed=FILE`, `deepspeed.initialize`."""
+        accel, state = self.accelerator, self.state
+        world, accum = accel.num_processes, config.optim.grad_accum_steps
+        micro = config.batch_size // tasks_per_step(config) // world // accum
+        if accel.distributed_type == DistributedType.DEEPSPEED:
+            fill_auto(accel.state.deepspeed_plugin.deepspeed_config, micro, accum, world, config)
+        elif config.deepspeed:
+            ds_config = resolve_config(config.deepspeed, micro, accum, world, config)
+            engine = deepspeed_initialize(state.model, state.optimizer, ds_config)
+            return engine, engine.optimizer
+        return accel.prepare(state.model, state.optimizer)
+
     def _resolve_resume(self, resume: str | None) -> Path | None:
         if resume is None:
             return None
@@ -169,43 +218,24 @@ class PretrainTrainer:
         return batches
 
     def _train_step(self, step: int, batches: dict[str, list[dict]]) -> dict[str, float]:
-        """Forward/backward over micro-batches, then a clipped AdamW step (skipped if the loss
-        is not finite)."""
-        config, accel = self.config, self.accelerator
-        torch.manual_seed(_step_seed(config.seed, step, accel.process_index))
-        for group in self.optimizer.param_groups:
-            group["lr"] = config.optim.lr * self.lr.factor(step)
-        accum = config.optim.grad_accum_steps
-        totals = dict.fromkeys(batches, 0.0)
-        self.model.train()
-        for micro in range(accum):
-            micro_batches = [(task, mb[micro]) for task, mb in batches.items()]
-            sync = micro == accum - 1
-            with accel.no_sync(self.model) if not sync else contextlib.nullcontext():
-                outputs = self.model([b | {"task": t} for t, b in micro_batches])
-                loss = sum(o.loss for o in outputs) / (len(outputs) * accum)
-                accel.backward(loss)
-            for out in outputs:
-                totals[out.task] += out.loss.detach().float().item() / accum
-        finite = torch.tensor([float(all(math.isfinite(v) for v in totals.values()))])
-        finite = accel.reduce(finite.to(accel.device), reduction="sum").item()
-        if finite < accel.num_processes:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.state.nonfinite_in_a_row += 1
-            self.state.nonfinite_total += 1
-            self._print(f"step {step}: non-finite loss {totals}; step skipped")
-            if self.state.nonfinite_in_a_row >= config.max_nonfinite_steps:
-                path = self.save()
-                raise NonFiniteLossError(
-                    f"{self.state.nonfinite_in_a_row} non-finite losses in a row at step {step}; "
-                    f"stopped. The last good state is saved in {path}"
-                )
+        """One optimizer step; a non-finite loss skips it, and too many in a row stop the run
+        after saving the last good state."""
+        config = self.config
+        torch.manual_seed(_step_seed(config.seed, step, self.accelerator.process_index))
+        self.stepper.set_lr(config.optim.lr * self.lr.factor(step))
+        totals, applied = self.stepper.run(batches, config.optim.grad_accum_steps)
+        if applied:
+            self.state.nonfinite_in_a_row = 0
             return totals
-        self.state.nonfinite_in_a_row = 0
-        if config.optim.max_grad_norm > 0:
-            accel.clip_grad_norm_(self.model.parameters(), config.optim.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.state.nonfinite_in_a_row += 1
+        self.state.nonfinite_total += 1
+        self._print(f"step {step}: non-finite loss {totals}; step skipped")
+        if self.state.nonfinite_in_a_row >= config.max_nonfinite_steps:
+            path = self.save()
+            raise NonFiniteLossError(
+                f"{self.state.nonfinite_in_a_row} non-finite losses in a row at step {step}; "
+                f"stopped. The last good state is saved in {path}"
+            )
         return totals
 
     def _log(self, bar, step, stage, window, tokens_per_s, data_fraction) -> None:
@@ -259,11 +289,16 @@ class PretrainTrainer:
         )
 
 
+def tasks_per_step(config: PretrainConfig) -> int:
+    """How many tasks share one step's batch."""
+    k = config.schedule.tasks_per_step if config.schedule.mixed_batches else 1
+    return k + int(config.schedule.mlm_every_step)
+
+
 def check_batch_divides(config: PretrainConfig, world: int) -> None:
     """Refuse a batch size that does not split evenly over processes, micro-batches and the
     tasks of a step."""
-    k = config.schedule.tasks_per_step if config.schedule.mixed_batches else 1
-    k += int(config.schedule.mlm_every_step)
+    k = tasks_per_step(config)
     unit = world * config.optim.grad_accum_steps
     per_task = config.batch_size // k
     if per_task == 0 or per_task % unit or config.batch_size % k:

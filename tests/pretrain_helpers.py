@@ -37,6 +37,8 @@ def child_env() -> dict[str, str]:
         TOKENIZERS_PARALLELISM="false",
         OMP_NUM_THREADS="1",
         PYTHONWARNINGS="ignore",
+        # DeepSpeed compiles a small op on first use (~20 s): keep it between runs.
+        TORCH_EXTENSIONS_DIR=str(ROOT / ".cache" / "torch_extensions"),
     )
     return env
 
