@@ -274,3 +274,41 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     lowercase = bool(getattr(tokenizer, "do_lower_case", False))
     return hashlib.sha256(json.dumps([lowercase, vocab]).encode("utf-8")).hexdigest()
+
+
+def load_release(state: RunState, release: Path) -> list[str]:
+    """Continue pretraining from a release: encoder weights, the heads of tasks the release
+    trained, and its schedule history. AdamW starts fresh (releases carry no optimizer state)
+    and data streams start from the beginning of the corpus. Returns the tasks new to this run.
+    """
+    from ernie_style.export import HEADS_FILE, RELEASE_MARKER
+
+    info = json.loads((release / RELEASE_MARKER).read_text(encoding="utf-8"))
+    saved_config = json.loads((release / "config.json").read_text(encoding="utf-8"))
+    current = state.model.backbone.config.to_dict()
+    diffs = [k for k in ARCHITECTURE_KEYS if saved_config.get(k) != current.get(k)]
+    if diffs:
+        raise ValueError(f"{release}: model size does not match the config ({diffs})")
+    from ernie_style.tokenizer import load_tokenizer
+
+    if tokenizer_fingerprint(load_tokenizer(release)) != tokenizer_fingerprint(state.tokenizer):
+        raise ValueError(f"{release}: the release's tokenizer differs from the configured one")
+    encoder = load_tensors(release / "model.safetensors")
+    weights = {
+        "backbone." + k.removeprefix("ernie."): v
+        for k, v in encoder.items()
+        if k.startswith("ernie.")
+    }
+    heads = load_tensors(release / HEADS_FILE)
+    weights |= {k: v for k, v in heads.items() if k.split(".")[1] in state.tasks}
+    missing, unexpected = state.model.load_state_dict(weights, strict=False)
+    old_tasks = set(info["tasks"])
+    new_tasks = [t for t in state.tasks if t not in old_tasks]
+    allowed = tuple(f"heads.{t}." for t in new_tasks)
+    if unexpected or [k for k in missing if not k.startswith(allowed)]:
+        raise ValueError(
+            f"{release}: weights do not fit this config ({missing[:5]}, {unexpected[:5]})"
+        )
+    state.schedule.load_state_dict(info["schedule"])
+    state.tokens_seen = int(info.get("tokens_seen", 0))
+    return new_tasks

@@ -28,6 +28,7 @@ from ernie_style.deepspeed_support import (
 )
 from ernie_style.deepspeed_support import initialize as deepspeed_initialize
 from ernie_style.examples import collate
+from ernie_style.export import RELEASE_MARKER
 from ernie_style.lr import StageLR
 from ernie_style.monitor import RunLogger
 from ernie_style.pretrain_config import PretrainConfig
@@ -36,6 +37,7 @@ from ernie_style.run_state import (
     build_run_state,
     load_checkpoint,
     load_full_state,
+    load_release,
     save_checkpoint,
 )
 from ernie_style.step import StepRunner
@@ -74,7 +76,11 @@ class PretrainTrainer:
             torch.set_num_threads(config.num_workers_threads)
         self.state: RunState = build_run_state(config)
         checkpoint = self._resolve_resume(resume)
-        if checkpoint is not None:
+        if checkpoint is not None and (checkpoint / RELEASE_MARKER).is_file():
+            load_release(self.state, checkpoint)
+            self._print(f"continuing from release {checkpoint} at step {self.state.schedule.step}")
+            checkpoint = None  # a release has no optimizer state to restore
+        elif checkpoint is not None:
             load_checkpoint(self.state, checkpoint, config)
             self._print(f"resumed from {checkpoint} at step {self.state.schedule.step}")
         self.lr = StageLR(
@@ -131,7 +137,7 @@ class PretrainTrainer:
             return found
         path = Path(resume)
         if not path.is_dir():
-            raise FileNotFoundError(f"--resume {resume}: no such checkpoint directory")
+            raise FileNotFoundError(f"--resume {resume}: no such checkpoint or release directory")
         return path
 
     def _print(self, message: str) -> None:
