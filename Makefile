@@ -21,7 +21,11 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ernie-style prepare --input $(SAMPLE) --output $(DEMO_DIR)/corpus \
 		--train-tokenizer 8000 --num-proc 2
-	$(VENV)/bin/ernie-style examples --corpus $(DEMO_DIR)/corpus --max-seq-len 128 --show 1
+	$(VENV)/bin/ernie-style examples --corpus $(DEMO_DIR)/corpus --max-documents 20 --show 0
+	$(VENV)/bin/ernie-style pretrain --config configs/pretrain/demo_cpu.yaml \
+		data.corpus=$(DEMO_DIR)/corpus output_dir=$(DEMO_DIR)/pretrain --resume auto
+	$(VENV)/bin/ernie-style export --run $(DEMO_DIR)/pretrain --output $(DEMO_DIR)/release
+	@echo "release: $(DEMO_DIR)/release  (forgetting plot: $(DEMO_DIR)/pretrain/heldout_loss.png)"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -35,6 +39,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/prepare_throughput.py
 	$(PY) bench/example_throughput.py
+	$(PY) bench/train_throughput.py
 
 clean:
 	rm -rf runs .pytest_cache
