@@ -103,3 +103,28 @@ def test_zero2_resume_with_a_new_task(small_corpus, tmp_path):
     state = json.loads((newest / "trainer_state.json").read_text())
     assert "sentence_reordering" in state["tasks"] and state["schedule"]["stage"] == 4
     assert state["schedule"]["done"][3]["knowledge_masking"] > 0  # old tasks keep training
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_zero1_and_zero3_train_checkpoint_and_resume(small_corpus, tmp_path, stage):
+    from safetensors.torch import load_file
+
+    config = write_config(
+        tmp_path / "ds.yaml",
+        small_corpus,
+        tmp_path / "run",
+        tasks={"knowledge_masking": {"budget": 8}},
+        checkpoint_every=4,
+    )
+    zero = ROOT / "configs" / "deepspeed" / f"zero{stage}.json"
+    cmd = [*torchrun_deepspeed(config)[:-1], f"deepspeed={zero}"]
+    first = run(cmd)
+    assert f"DeepSpeed ZeRO-{stage}" in first.stdout + first.stderr
+    checkpoints = tmp_path / "run" / "checkpoints"
+    weights = load_file(str(list_checkpoints(checkpoints)[0] / "model.safetensors"))
+    assert weights["backbone.embeddings.word_embeddings.weight"].shape[0] > 1000  # gathered, full
+    shutil.rmtree(list_checkpoints(checkpoints)[0])
+    result = run([*cmd, "--resume", "auto"])
+    assert "resumed from" in result.stderr + result.stdout
+    assert ("Adam moments restart" in result.stderr) == (stage == 3)
+    assert list_checkpoints(checkpoints)[0].name == "step-00000008"
