@@ -10,7 +10,6 @@ DeepSpeed, or with newly added tasks.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,13 +90,7 @@ def restore_full_state(
     if engine.zero_optimization_stage() == 3:
         # ZeRO-3 partitioned the weights loaded before `initialize`; its optimizer keeps Adam
         # state in a layout the per-name setters do not reach on this DeepSpeed version.
-        warnings.warn(
-            "DeepSpeed ZeRO-3 resume: weights, schedule and data positions are restored, but "
-            "Adam moments restart from zero and fp32 master weights from their bf16 copies "
-            "(use ZeRO-1/2 for an exact resume)",
-            stacklevel=2,
-        )
-        return
+        return False
     _materialize_adam_state(engine)
     _link_optimizer_state(engine)
     step = None
@@ -117,6 +110,7 @@ def restore_full_state(
                 state["step"] = (
                     step.clone() if isinstance(state["step"], torch.Tensor) else int(step.item())
                 )
+    return True
 
 
 def _materialize_adam_state(engine: Any) -> None:

@@ -92,7 +92,12 @@ class PretrainTrainer:
         self.model, self.optimizer = self._prepare(config)
         if checkpoint is not None and is_deepspeed_engine(self.model):
             weights, optimizer_state = load_full_state(checkpoint)
-            restore_full_state(self.model, weights, optimizer_state)
+            if not restore_full_state(self.model, weights, optimizer_state):
+                self._print(
+                    "DeepSpeed ZeRO-3 resume: weights, schedule and data positions are restored, "
+                    "but Adam moments restart from zero and fp32 master weights from their bf16 "
+                    "copies (use ZeRO-1/2 for an exact resume)"
+                )
         self.stepper = StepRunner(
             self.accelerator, self.model, self.optimizer, config.optim.max_grad_norm
         )
