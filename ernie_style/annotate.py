@@ -16,7 +16,7 @@ from ernie_style.document import Document
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 _LINE = re.compile(r"[^\n]+")
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+_SENTENCE_END = re.compile(r"(?<=[.!?])([\"')\]]*)\s+(?=[\"'(\[]?[A-Z0-9])")
 _WORD = re.compile(r"\w+(?:[-'’.]\w+)*|[^\w\s]", re.UNICODE)
 
 
@@ -92,7 +92,7 @@ class RegexAnnotator(Annotator):
 def _sentence_spans(text: str, start: int, end: int) -> Iterable[tuple[int, int]]:
     pos = start
     for match in _SENTENCE_END.finditer(text, start, end):
-        yield pos, match.start()
+        yield pos, match.end(1)  # closing quotes/brackets stay with their sentence
         pos = match.end()
     if pos < end:
         yield pos, end

@@ -247,6 +247,8 @@ def sentence_windows(document: TokenizedDocument, budget: int) -> list[tuple[int
         if s_start == s_end:
             continue
         size = int(document.word_offsets[s_end] - document.word_offsets[s_start])
+        if size == 0:
+            continue  # e.g. only control characters: nothing for the model to see
         if end > start and used + size > budget:
             windows.append((start, end))
             start, used = s_start, 0

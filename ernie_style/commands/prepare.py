@@ -1,0 +1,114 @@
+"""`ernie-style prepare`: turn raw text into an annotated corpus for pretraining."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `prepare` subcommand."""
+    from ernie_style.spacy_annotator import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
+
+    parser = subparsers.add_parser(
+        "prepare",
+        help="read, annotate and save a corpus (documents/, summary, fingerprint, tokenizer)",
+        description=(
+            "Read text files, JSONL, folders of .txt files, saved datasets or hub datasets; "
+            "annotate sentences, words, noun phrases and entities; save a datasets.Dataset "
+            "to DIR/documents. Re-running with the same inputs and settings reuses DIR."
+        ),
+    )
+    parser.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        action="extend",
+        metavar="PATH",
+        help="input(s): text file (blank line between documents), .jsonl file, folder of .txt "
+        "files, dataset folder from save_to_disk, or hub dataset name; repeatable",
+    )
+    parser.add_argument(
+        "--output", required=True, metavar="DIR", help="output directory (created atomically)"
+    )
+    parser.add_argument(
+        "--num-proc", type=int, default=1, metavar="N", help="annotation worker processes"
+    )
+    parser.add_argument(
+        "--annotator",
+        choices=("spacy", "none"),
+        default="spacy",
+        help="spacy: sentences, words, noun chunks, entities; none: regex sentences and words "
+        "only (phrase/entity masking falls back to word masking)",
+    )
+    parser.add_argument(
+        "--spacy-model", default=DEFAULT_MODEL, metavar="NAME", help="spaCy pipeline to load"
+    )
+    parser.add_argument("--text-field", default="text", help="text field of JSONL/datasets")
+    parser.add_argument("--title-field", default="title", help="title field of JSONL/datasets")
+    parser.add_argument("--id-field", default="id", help="id field of JSONL/datasets")
+    parser.add_argument(
+        "--split", default="train", help="split of hub datasets and saved DatasetDicts"
+    )
+    parser.add_argument("--hub-config", default=None, metavar="NAME", help="hub dataset config")
+    parser.add_argument(
+        "--max-documents",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N non-empty documents (for quick trials)",
+    )
+    parser.add_argument(
+        "--train-tokenizer",
+        type=int,
+        default=None,
+        metavar="VOCAB_SIZE",
+        help="also train a WordPiece tokenizer of this size on the kept text, saved to "
+        "DIR/tokenizer",
+    )
+    parser.add_argument(
+        "--cased", action="store_true", help="train a cased tokenizer (default: uncased)"
+    )
+    parser.add_argument(
+        "--tokenizer-min-frequency",
+        type=int,
+        default=2,
+        metavar="N",
+        help="minimum pair frequency for WordPiece merges",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help="spaCy nlp.pipe batch size (speed only)",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="do not show the progress bar on stderr"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prepare the corpus (or reuse an up-to-date one) and print the summary."""
+    from ernie_style.prepare import PrepareConfig, prepare_corpus
+    from ernie_style.readers import FieldNames
+
+    # Warnings (bad input lines, --annotator none) go to stderr unless logging is configured.
+    logging.basicConfig(level=logging.WARNING, format="ernie-style: %(levelname)s: %(message)s")
+    config = PrepareConfig(
+        annotator=args.annotator,
+        spacy_model=args.spacy_model,
+        fields=FieldNames(text=args.text_field, title=args.title_field, id=args.id_field),
+        split=args.split,
+        hub_config=args.hub_config,
+        max_documents=args.max_documents,
+        tokenizer_vocab_size=args.train_tokenizer,
+        cased=args.cased,
+        tokenizer_min_frequency=args.tokenizer_min_frequency,
+        num_proc=args.num_proc,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    prepare_corpus(args.input, args.output, config)
+    return 0
