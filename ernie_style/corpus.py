@@ -109,8 +109,9 @@ def load_summary(output: Path) -> dict[str, Any]:
 def check_output_dir(output: Path) -> None:
     """Refuse an output path that exists and is neither empty nor a prepare output."""
     if not output.exists():
-        if not output.parent.is_dir():
-            raise FileNotFoundError(f"parent directory of output {output} does not exist")
+        if output.parent.exists() and not output.parent.is_dir():
+            raise ValueError(f"parent of output {output} is not a directory")
+        output.parent.mkdir(parents=True, exist_ok=True)
         return
     if not output.is_dir():
         raise ValueError(f"output {output} exists and is not a directory")
