@@ -76,6 +76,26 @@ class PretrainTask(ABC):
         """
         del fraction
 
+    def word_label_example(
+        self, document: TokenizedDocument, start: int, end: int, word_labels: list[int]
+    ) -> Example | None:
+        """`[CLS] words[start:end] [SEP]` with each word's label on its first sub-token; None
+        when no token ends up labelled (e.g. only punctuation, or truncated away)."""
+        from ernie_style.examples import IGNORE_INDEX, assemble
+
+        labels = document.word_labels_to_tokens(start, end, word_labels)
+        tok = self.tokenizer
+        ids, types, token_labels = assemble(
+            [document.tokens(start, end)],
+            self.max_seq_len,
+            tok.cls_token_id,
+            tok.sep_token_id,
+            [labels],
+        )
+        if token_labels is None or all(label == IGNORE_INDEX for label in token_labels):
+            return None
+        return Example(self.name, self.task_id, ids, types, token_labels)
+
     @abstractmethod
     def build_head(self, backbone: nn.Module) -> TaskHead:
         """The task's output head on top of `backbone` (an `ErnieModel`)."""

@@ -12,7 +12,6 @@ from ernie_style.examples import (
     CorpusContext,
     Example,
     TokenizedDocument,
-    assemble,
     sentence_windows,
 )
 from ernie_style.heads import TaskHead, TokenClassificationHead
@@ -42,19 +41,13 @@ class Capitalization(PretrainTask):
         self, document: TokenizedDocument, rng: np.random.Generator, corpus: CorpusContext
     ) -> list[Example]:
         """One example per window of whole sentences tiling the document."""
-        doc, tok = document.doc, self.tokenizer
+        doc = document.doc
         out = []
         for start, end in sentence_windows(document, self.max_seq_len - 2):
             word_labels = [capitalization_label(doc.word(i)) for i in range(start, end)]
-            labels = document.word_labels_to_tokens(start, end, word_labels)
-            ids, types, token_labels = assemble(
-                [document.tokens(start, end)],
-                self.max_seq_len,
-                tok.cls_token_id,
-                tok.sep_token_id,
-                [labels],
-            )
-            out.append(Example(self.name, self.task_id, ids, types, token_labels))
+            example = self.word_label_example(document, start, end, word_labels)
+            if example is not None:
+                out.append(example)
         return out
 
     def build_head(self, backbone: nn.Module) -> TaskHead:

@@ -26,7 +26,6 @@ from ernie_style.examples import (
     CorpusContext,
     Example,
     TokenizedDocument,
-    assemble,
     sentence_windows,
 )
 from ernie_style.heads import TaskHead, TokenClassificationHead
@@ -94,23 +93,13 @@ class TokenDocumentRelation(PretrainTask):
         self, document: TokenizedDocument, rng: np.random.Generator, corpus: CorpusContext
     ) -> list[Example]:
         """One example per segment of the document (none for a one-sentence document)."""
-        tok = self.tokenizer
         segments = document_segments(document, self.max_seq_len - 2)
-        out = []
         all_labels = relation_labels(document.doc.words(), segments)
-        for (start, end), word_labels in zip(segments, all_labels, strict=True):
-            labels = document.word_labels_to_tokens(start, end, word_labels)
-            ids, types, token_labels = assemble(
-                [document.tokens(start, end)],
-                self.max_seq_len,
-                tok.cls_token_id,
-                tok.sep_token_id,
-                [labels],
-            )
-            if token_labels is None or all(label == IGNORE_INDEX for label in token_labels):
-                continue
-            out.append(Example(self.name, self.task_id, ids, types, token_labels))
-        return out
+        examples = (
+            self.word_label_example(document, start, end, word_labels)
+            for (start, end), word_labels in zip(segments, all_labels, strict=True)
+        )
+        return [example for example in examples if example is not None]
 
     def build_head(self, backbone: nn.Module) -> TaskHead:
         """Binary classifier per token."""
