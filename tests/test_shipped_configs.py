@@ -84,3 +84,16 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     )
     assert main(["pretrain", "--config", str(bad), "--dry-run"]) == 2
     assert "does not divide" in capsys.readouterr().err
+
+
+def test_tasks_command_lists_all_seven(capsys):
+    assert main(["tasks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["name", "id", "level", "labels"]
+    rows = {line.split()[0]: line.split()[1:4] for line in lines[1:]}
+    assert rows["knowledge_masking"] == ["0", "token", "vocab"]
+    assert rows["capitalization"] == ["1", "token", "2"]
+    assert rows["sentence_reordering"] == ["3", "sequence", "9"]
+    assert rows["sentence_distance"] == ["4", "sequence", "3"]
+    assert rows["ir_relevance"] == ["6", "sequence", "3"]
+    assert len(rows) == 7

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ernie_style.registry import registered_tasks
+from ernie_style.tokenizer import train_wordpiece
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,20 +19,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print name, task id, level, number of labels and description of every task."""
+    tasks = registered_tasks()
+    # Tasks need a tokenizer to exist; a throwaway one trained on their descriptions will do.
+    # A label space as large as its vocabulary (masked LM) is shown as "vocab size".
+    tokenizer = train_wordpiece([c.description for c in tasks.values()], 64, min_frequency=1)
     rows = []
-    for name, cls in registered_tasks().items():
-        task = cls(tokenizer=_VocabOnly(), max_seq_len=args.max_seq_len)
-        labels = str(task.num_labels) if task.num_labels else "vocab size"
+    for name, cls in tasks.items():
+        task = cls(tokenizer=tokenizer, max_seq_len=args.max_seq_len)
+        labels = "vocab size" if task.num_labels == len(tokenizer) else str(task.num_labels)
         rows.append((name, str(cls.task_id), cls.level, labels, cls.description))
     header = ("name", "id", "level", "labels", "description")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[4])
     return 0
-
-
-class _VocabOnly:
-    """Stand-in tokenizer for listing: a vocabulary-sized label space shows as 'vocab size'."""
-
-    def __len__(self) -> int:
-        return 0
