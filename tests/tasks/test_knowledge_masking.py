@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from model_helpers import tiny_backbone
 
 from ernie_style.annotate import RawDocument, RegexAnnotator, document_from_sentences
 from ernie_style.examples import IGNORE_INDEX, CorpusContext, TokenizedDocument, collate
@@ -246,21 +247,7 @@ def test_config_validation(greek):
 
 
 def test_head_and_loss_on_a_tiny_ernie(tokenizer, english_documents):
-    from transformers import ErnieConfig, ErnieModel
-
-    torch.manual_seed(0)
-    backbone = ErnieModel(
-        ErnieConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            type_vocab_size=4,
-            use_task_id=True,
-            task_type_vocab_size=16,
-        )
-    )
+    backbone = tiny_backbone(len(tokenizer))
     task = _task(tokenizer, max_seq_len=32)
     corpus = CorpusContext(english_documents, tokenizer)
     with warnings.catch_warnings():

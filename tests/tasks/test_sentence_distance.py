@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from model_helpers import tiny_backbone
 
 from ernie_style.annotate import RawDocument, RegexAnnotator, document_from_sentences
 from ernie_style.examples import CorpusContext, collate
@@ -164,20 +165,7 @@ def test_property_arbitrary_documents(tokenizer, texts, max_seq_len, seed):
 
 
 def test_head_and_loss_run(tokenizer, corpus):
-    from transformers import ErnieConfig, ErnieModel
-
-    torch.manual_seed(0)
-    config = ErnieConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        type_vocab_size=4,
-        use_task_id=True,
-        task_type_vocab_size=16,
-    )
-    backbone = ErnieModel(config)
+    backbone = tiny_backbone(len(tokenizer))
     task = SentenceDistance(tokenizer, max_seq_len=32)
     examples = task.examples(corpus.tokenized(0), np.random.default_rng(0), corpus)
     batch = collate(examples, tokenizer.pad_token_id)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from model_helpers import tiny_backbone
 
 from ernie_style.annotate import RawDocument, RegexAnnotator, document_from_sentences
 from ernie_style.examples import CorpusContext, TokenizedDocument, collate
@@ -197,21 +198,7 @@ def test_a_sentence_longer_than_the_budget_keeps_a_token_in_every_segment(greek)
 
 
 def test_head_and_loss_on_a_tiny_ernie(tokenizer, english_documents):
-    from transformers import ErnieConfig, ErnieModel
-
-    torch.manual_seed(0)
-    backbone = ErnieModel(
-        ErnieConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            type_vocab_size=4,
-            use_task_id=True,
-            task_type_vocab_size=16,
-        )
-    )
+    backbone = tiny_backbone(len(tokenizer))
     task = SentenceReordering(tokenizer, max_seq_len=48)
     corpus = CorpusContext(english_documents, tokenizer)
     rng = np.random.default_rng(0)

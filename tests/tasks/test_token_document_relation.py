@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from model_helpers import tiny_backbone
 
 from ernie_style.annotate import RawDocument, RegexAnnotator, document_from_sentences
 from ernie_style.examples import IGNORE_INDEX, CorpusContext, TokenizedDocument, collate
@@ -113,21 +114,7 @@ def test_task_attributes_and_punctuation(greek):
 
 
 def test_head_and_loss_on_a_tiny_ernie(tokenizer, english_documents):
-    from transformers import ErnieConfig, ErnieModel
-
-    torch.manual_seed(0)
-    backbone = ErnieModel(
-        ErnieConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            type_vocab_size=4,
-            use_task_id=True,
-            task_type_vocab_size=16,
-        )
-    )
+    backbone = tiny_backbone(len(tokenizer))
     task = TokenDocumentRelation(tokenizer, max_seq_len=32)
     corpus = CorpusContext(english_documents, tokenizer)
     examples = task.examples(corpus.tokenized(1), np.random.default_rng(0), corpus)
