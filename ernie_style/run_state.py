@@ -217,19 +217,13 @@ def _trainer_state(state: RunState, accelerator: Any) -> dict[str, Any]:
 
 def load_checkpoint(state: RunState, checkpoint: Path, config: PretrainConfig) -> list[str]:
     """Restore a checkpoint into a freshly built state; returns the tasks new to this run."""
-    _check_compatible(state, checkpoint)
     trainer_state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    backbone_config = json.loads((checkpoint / "backbone_config.json").read_text(encoding="utf-8"))
+    _check_compatible(
+        state, checkpoint, backbone_config, trainer_state.get("tokenizer_fingerprint")
+    )
     weights = load_tensors(checkpoint / "model.safetensors")
-    old_tasks = set(trainer_state["tasks"])
-    new_tasks = [t for t in state.tasks if t not in old_tasks]
-    missing, unexpected = state.model.load_state_dict(weights, strict=False)
-    allowed = tuple(f"heads.{t}." for t in new_tasks)
-    bad_missing = [k for k in missing if not k.startswith(allowed)]
-    if bad_missing or unexpected:
-        raise ValueError(
-            f"{checkpoint}: weights do not fit this config (missing {bad_missing[:5]}, "
-            f"unexpected {unexpected[:5]})"
-        )
+    new_tasks = _load_model_weights(state, weights, set(trainer_state["tasks"]), checkpoint)
     saved_optimizer = load_torch(checkpoint / "optimizer.pt")
     params = dict(state.model.named_parameters())
     load_optimizer_state_by_name(state.optimizer, saved_optimizer, params)
@@ -248,25 +242,40 @@ def load_full_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str
     return load_tensors(checkpoint / "model.safetensors"), load_torch(checkpoint / "optimizer.pt")
 
 
-def _check_compatible(state: RunState, checkpoint: Path) -> None:
-    saved = json.loads((checkpoint / "backbone_config.json").read_text(encoding="utf-8"))
+def _check_compatible(
+    state: RunState, source: Path, saved_config: dict[str, Any], saved_tokenizer: str | None
+) -> None:
+    """Refuse a checkpoint or release whose model size or tokenizer differs from the run's."""
     current = state.model.backbone.config.to_dict()
     diffs = {
-        k: (saved.get(k), current.get(k))
+        k: (saved_config.get(k), current.get(k))
         for k in ARCHITECTURE_KEYS
-        if saved.get(k) != current.get(k)
+        if saved_config.get(k) != current.get(k)
     }
     if diffs:
         detail = ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diffs.items())
-        raise ValueError(f"{checkpoint}: model size does not match the config ({detail})")
-    saved_tokenizer = json.loads((checkpoint / "trainer_state.json").read_text("utf-8")).get(
-        "tokenizer_fingerprint"
-    )
+        raise ValueError(f"{source}: model size does not match the config ({detail})")
     if saved_tokenizer != tokenizer_fingerprint(state.tokenizer):
         raise ValueError(
-            f"{checkpoint}: the checkpoint's tokenizer differs from the configured one "
+            f"{source}: its tokenizer differs from the configured one "
             f"(vocabulary fingerprint mismatch; vocabulary size now {len(state.tokenizer)})"
         )
+
+
+def _load_model_weights(
+    state: RunState, weights: dict[str, torch.Tensor], old_tasks: set[str], source: Path
+) -> list[str]:
+    """Load weights; only the heads of tasks new to this run may be missing. Returns them."""
+    new_tasks = [t for t in state.tasks if t not in old_tasks]
+    missing, unexpected = state.model.load_state_dict(weights, strict=False)
+    allowed = tuple(f"heads.{t}." for t in new_tasks)
+    bad_missing = [k for k in missing if not k.startswith(allowed)]
+    if bad_missing or unexpected:
+        raise ValueError(
+            f"{source}: weights do not fit this config (missing {bad_missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
+    return new_tasks
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -284,15 +293,10 @@ def load_release(state: RunState, release: Path) -> list[str]:
     from ernie_style.export import HEADS_FILE, RELEASE_MARKER
 
     info = json.loads((release / RELEASE_MARKER).read_text(encoding="utf-8"))
-    saved_config = json.loads((release / "config.json").read_text(encoding="utf-8"))
-    current = state.model.backbone.config.to_dict()
-    diffs = [k for k in ARCHITECTURE_KEYS if saved_config.get(k) != current.get(k)]
-    if diffs:
-        raise ValueError(f"{release}: model size does not match the config ({diffs})")
     from ernie_style.tokenizer import load_tokenizer
 
-    if tokenizer_fingerprint(load_tokenizer(release)) != tokenizer_fingerprint(state.tokenizer):
-        raise ValueError(f"{release}: the release's tokenizer differs from the configured one")
+    saved_config = json.loads((release / "config.json").read_text(encoding="utf-8"))
+    _check_compatible(state, release, saved_config, tokenizer_fingerprint(load_tokenizer(release)))
     encoder = load_tensors(release / "model.safetensors")
     weights = {
         "backbone." + k.removeprefix("ernie."): v
@@ -301,14 +305,7 @@ def load_release(state: RunState, release: Path) -> list[str]:
     }
     heads = load_tensors(release / HEADS_FILE)
     weights |= {k: v for k, v in heads.items() if k.split(".")[1] in state.tasks}
-    missing, unexpected = state.model.load_state_dict(weights, strict=False)
-    old_tasks = set(info["tasks"])
-    new_tasks = [t for t in state.tasks if t not in old_tasks]
-    allowed = tuple(f"heads.{t}." for t in new_tasks)
-    if unexpected or [k for k in missing if not k.startswith(allowed)]:
-        raise ValueError(
-            f"{release}: weights do not fit this config ({missing[:5]}, {unexpected[:5]})"
-        )
+    new_tasks = _load_model_weights(state, weights, set(info["tasks"]), release)
     state.schedule.load_state_dict(info["schedule"])
     state.tokens_seen = int(info.get("tokens_seen", 0))
     return new_tasks
