@@ -156,6 +156,14 @@ def encoder_params(backbone: torch.nn.Module) -> int:
     return sum(p.numel() for p in backbone.encoder.parameters())
 
 
+def computed_positions(model: Any, batch: dict) -> int:
+    """Positions the encoder computes for a batch: its padded size, or the packed rows'."""
+    from ernie_style.packing import pack_batch
+
+    packed = pack_batch(batch) if model.pack_sequences else None
+    return batch["attention_mask"].numel() if packed is None else packed.inputs["input_ids"].numel()
+
+
 def ours_step_flops(model: Any, batches: dict[str, list[dict]]) -> tuple[float, int, int]:
     """(FLOPs, non-padding tokens, padded tokens) of one step's micro-batches (see module doc)."""
     from ernie_style.heads import MaskedLMHead
@@ -171,7 +179,7 @@ def ours_step_flops(model: Any, batches: dict[str, list[dict]]) -> tuple[float, 
             mask, labels = batch["attention_mask"], batch["labels"]
             n_tokens, width = int(mask.sum()), mask.shape[1]
             tokens += n_tokens
-            padded += mask.numel()
+            padded += computed_positions(model, batch)
             flops += n_tokens * (per_token_dense + 12 * layers * hidden * width)
             if labels.dim() == 2:  # token task: labelled positions only
                 items, extra = int((labels != IGNORE_INDEX).sum()), 0

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 from transformers import ErnieConfig, ErnieModel
 
+from ernie_style.cpu_kernels import uses_additive_mask
 from ernie_style.examples import MAX_SEGMENTS
+from ernie_style.packing import pack_batch
 from ernie_style.registry import PretrainTask
 
 #: Encoder sizes (ERNIE/BERT conventions: intermediate = 4 x hidden, head size 64 from small up).
@@ -78,9 +80,15 @@ class ErniePretrainingModel(nn.Module):
     task's loss, logits and targets (only at the positions the loss needs).
     """
 
-    def __init__(self, backbone: ErnieModel, tasks: Mapping[str, PretrainTask]) -> None:
+    def __init__(
+        self,
+        backbone: ErnieModel,
+        tasks: Mapping[str, PretrainTask],
+        pack_sequences: bool = False,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.pack_sequences = pack_sequences
         self.heads = nn.ModuleDict()
         self.tasks: dict[str, PretrainTask] = {}
         for task in tasks.values():
@@ -104,7 +112,18 @@ class ErniePretrainingModel(nn.Module):
         self.heads[task.name] = task.build_head(self.backbone)
 
     def encode(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backbone sequence output [B, T, H] and pooled output [B, H]."""
+        """Backbone sequence output [B, T, H] and pooled output [B, H].
+
+        With `pack_sequences`, short examples share encoder rows (see `ernie_style.packing`);
+        the outputs have the padded layout either way.
+        """
+        if self.pack_sequences:
+            additive = torch.float32 if uses_additive_mask(self.backbone) else None
+            packed = pack_batch(batch, additive_mask_dtype=additive)
+            if packed is not None:
+                hidden = self.backbone(**packed.inputs).last_hidden_state
+                sequence_output = packed.unpack(hidden)
+                return sequence_output, self.backbone.pooler(sequence_output)
         out = self.backbone(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],

@@ -19,12 +19,22 @@ class ModelSection:
     init_from: str | None = option(None, "local HF encoder directory or release to start from")
     max_position_embeddings: int = option(512, "longest sequence the position table holds")
     dropout: float = option(0.1, "hidden and attention dropout")
-    attn_implementation: str = option("sdpa", "attention kernel: sdpa | eager")
+    attn_implementation: str = option(
+        "auto", "attention kernel: auto (ernie_cpu on CPU, sdpa on GPU) | sdpa | eager | ernie_cpu"
+    )
+    pack_sequences: bool = option(
+        True, "pack short examples into shared rows (block-diagonal attention), no padding work"
+    )
 
     def validate(self) -> None:
         """Check the preset name and ranges."""
         if self.preset not in MODEL_PRESETS:
             raise ValueError(f"model.preset {self.preset!r} is not one of {list(MODEL_PRESETS)}")
+        if self.attn_implementation not in ("auto", "sdpa", "eager", "ernie_cpu"):
+            raise ValueError(
+                f"model.attn_implementation {self.attn_implementation!r} is not one of "
+                "auto, sdpa, eager, ernie_cpu"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from ernie_style.examples import CorpusContext, Example, TokenizedDocument
 from ernie_style.heads import TaskHead
+from ernie_style.losses import cross_entropy
 
 TaskLevel = Literal["token", "sequence"]
 
@@ -104,7 +105,7 @@ class PretrainTask(ABC):
         """Mean cross-entropy; 0 (with a gradient path) when the batch has no target."""
         if targets.numel() == 0:
             return logits.sum() * 0.0
-        return nn.functional.cross_entropy(logits.float(), targets)
+        return cross_entropy(logits, targets)
 
     def metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """Accuracy over the targets (`count` is the number of targets scored)."""

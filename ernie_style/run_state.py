@@ -25,6 +25,7 @@ from ernie_style.checkpoint import (
     prune,
 )
 from ernie_style.config import dump_yaml
+from ernie_style.cpu_kernels import CPU_ATTENTION, resolve_attention, use_cpu_kernels
 from ernie_style.deepspeed_support import gather_full_state, is_deepspeed_engine
 from ernie_style.document import DocumentSequence
 from ernie_style.examples import CorpusContext, collate
@@ -94,8 +95,14 @@ class RunState:
         return self._heldout[task]
 
 
-def build_run_state(config: PretrainConfig) -> RunState:
-    """Tokenizer, corpus split, tasks, schedule, model and optimizer for a fresh run."""
+def build_run_state(
+    config: PretrainConfig, device_type: str = "cpu", fused_optimizer: bool = False
+) -> RunState:
+    """Tokenizer, corpus split, tasks, schedule, model and optimizer for a fresh run.
+
+    `device_type` picks the attention kernel for `model.attn_implementation: auto`;
+    `fused_optimizer` selects torch's fused AdamW (not for DeepSpeed, which wraps the optimizer).
+    """
     from ernie_style.corpus import load_corpus
 
     tokenizer = load_tokenizer(config.data.tokenizer or Path(config.data.corpus) / "tokenizer")
@@ -110,7 +117,13 @@ def build_run_state(config: PretrainConfig) -> RunState:
         for name, s in config.tasks.items()
     }
     schedule = config.build_schedule()
-    model = ErniePretrainingModel(_build_backbone(config, tokenizer), tasks)
+    backbone = _build_backbone(config, tokenizer)
+    attention = resolve_attention(config.model.attn_implementation, device_type)
+    if attention == CPU_ATTENTION:
+        use_cpu_kernels(backbone)
+    else:
+        backbone.config._attn_implementation = attention
+    model = ErniePretrainingModel(backbone, tasks, pack_sequences=config.model.pack_sequences)
     return RunState(
         tokenizer=tokenizer,
         train_corpus=train_corpus,
@@ -118,7 +131,7 @@ def build_run_state(config: PretrainConfig) -> RunState:
         tasks=tasks,
         schedule=schedule,
         model=model,
-        optimizer=build_optimizer(model, config),
+        optimizer=build_optimizer(model, config, fused=fused_optimizer),
         streams={n: TaskExampleStream(t, train_corpus, seed=config.seed) for n, t in tasks.items()},
         seed=config.seed,
     )
@@ -142,13 +155,14 @@ def _build_backbone(config: PretrainConfig, tokenizer: Any) -> ErnieModel:
         hidden_dropout_prob=config.model.dropout,
         attention_probs_dropout_prob=config.model.dropout,
     )
-    backbone_config._attn_implementation = config.model.attn_implementation
     return ErnieModel(backbone_config)
 
 
-def build_optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.optim.AdamW:
+def build_optimizer(
+    model: torch.nn.Module, config: PretrainConfig, fused: bool = False
+) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices only (not biases, LayerNorm, embeddings'
-    LayerNorm)."""
+    LayerNorm); `fused` uses torch's single-kernel implementation."""
     decay, no_decay = [], []
     for param in model.parameters():
         if not param.requires_grad:
@@ -159,7 +173,7 @@ def build_optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.opt
         {"params": no_decay, "weight_decay": 0.0},
     ]
     o = config.optim
-    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)
 
 
 def _param_names(model: torch.nn.Module) -> dict[torch.nn.Parameter, str]:

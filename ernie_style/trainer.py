@@ -63,6 +63,11 @@ def make_accelerator(config: PretrainConfig) -> Accelerator:
     )
 
 
+def uses_deepspeed(accelerator: Accelerator, config: PretrainConfig) -> bool:
+    """Whether the run trains through DeepSpeed (accelerate plugin or a `deepspeed` JSON)."""
+    return accelerator.distributed_type == DistributedType.DEEPSPEED or bool(config.deepspeed)
+
+
 class PretrainTrainer:
     """Runs a `PretrainConfig` to the end of its schedule, checkpointing along the way."""
 
@@ -74,7 +79,11 @@ class PretrainTrainer:
         check_batch_divides(config, world)
         if config.num_workers_threads:
             torch.set_num_threads(config.num_workers_threads)
-        self.state: RunState = build_run_state(config)
+        self.state: RunState = build_run_state(
+            config,
+            device_type=self.accelerator.device.type,
+            fused_optimizer=not uses_deepspeed(self.accelerator, config),
+        )
         checkpoint = self._resolve_resume(resume)
         if checkpoint is not None and (checkpoint / RELEASE_MARKER).is_file():
             load_release(self.state, checkpoint)
