@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import ErnieConfig, ErnieModel
 
-from ernie_style.cpu_kernels import uses_additive_mask
+from ernie_style.cpu_kernels import use_fast_dropout, uses_additive_mask, uses_fast_dropout
 from ernie_style.examples import MAX_SEGMENTS
 from ernie_style.packing import pack_batch
 from ernie_style.registry import PretrainTask
@@ -109,7 +109,10 @@ class ErniePretrainingModel(nn.Module):
                 f"table has {self.config.task_type_vocab_size} rows"
             )
         self.tasks[task.name] = task
-        self.heads[task.name] = task.build_head(self.backbone)
+        head = task.build_head(self.backbone)
+        if uses_fast_dropout(self.backbone):
+            use_fast_dropout(head)
+        self.heads[task.name] = head
 
     def encode(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone sequence output [B, T, H] and pooled output [B, H].
