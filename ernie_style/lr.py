@@ -36,11 +36,17 @@ class StageLR:
         local, length = self._phase(step)
         # Short phases get a proportionally short warm-up (at most half the phase).
         warmup = min(self.warmup_steps, max(length // 2, 1))
-        if local < warmup:
-            return (local + 1) / warmup
-        if self.kind == "constant":
-            return 1.0
-        progress = min((local - warmup) / max(length - warmup, 1), 1.0)
-        if self.kind == "linear":
-            return max(1.0 - progress, 0.0)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return lr_factor(local, length, warmup, self.kind)
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """Multiplier (0..1) of the peak LR at `step` of `total`: linear warm-up over `warmup` steps,
+    then constant, linear or cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    if kind == "linear":
+        return max(1.0 - progress, 0.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -112,6 +112,14 @@ class PretrainConfig:
     log_every: int = option(10, "TensorBoard/progress-bar update interval in steps")
     max_nonfinite_steps: int = option(5, "stop after this many NaN/inf losses in a row")
     num_workers_threads: int = option(0, "torch intra-op threads (0 = torch default)")
+    balancing: str = option(
+        "equal", "loss balancing across tasks: equal|fixed|uncertainty|dwa|gradnorm|dtp"
+    )
+    balancing_options: dict[str, Any] = option(
+        {},
+        "options of the balancing strategy (docs/loss_balancing.md); dwa windows and dtp "
+        "KPIs (held-out accuracy) follow eval_every",
+    )
     deepspeed: str | None = option(
         None, "DeepSpeed JSON for torchrun launches (accelerate launches name it in their config)"
     )
@@ -138,6 +146,12 @@ class PretrainConfig:
             raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
         if self.optim.grad_accum_steps <= 0:
             raise ValueError("optim.grad_accum_steps must be > 0")
+        from ernie_style.balancing import check_options
+
+        try:
+            check_options(self.balancing, self.balancing_options)
+        except ValueError as error:
+            raise ValueError(f"balancing: {error}") from error
         if self.schedule.mlm_every_step and "knowledge_masking" not in self.tasks:
             raise ValueError("schedule.mlm_every_step needs knowledge_masking in tasks")
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import ErnieModel
 
+from ernie_style.balancing import LossBalancer
 from ernie_style.checkpoint import (
     CheckpointWriter,
     load_optimizer_state_by_name,
@@ -65,6 +66,8 @@ class RunState:
     nonfinite_in_a_row: int = 0
     nonfinite_total: int = 0
     tokens_seen: int = 0
+    #: Loss balancing across the step's tasks (`ernie_style.balancing`); set by the trainer.
+    balancer: LossBalancer | None = None
     _heldout: dict[str, list[dict]] = field(default_factory=dict)
 
     @property
@@ -176,8 +179,14 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)
 
 
-def _param_names(model: torch.nn.Module) -> dict[torch.nn.Parameter, str]:
-    return {p: n for n, p in model.named_parameters()}
+def _param_names(
+    model: torch.nn.Module, balancer: LossBalancer | None = None
+) -> dict[torch.nn.Parameter, str]:
+    """Parameter -> checkpoint name (the balancer's own parameters as `balancer.*`)."""
+    names = {p: n for n, p in model.named_parameters()}
+    if balancer is not None:
+        names |= {p: f"balancer.{n}" for n, p in balancer.named_parameters()}
+    return names
 
 
 def save_checkpoint(
@@ -195,12 +204,16 @@ def save_checkpoint(
     else:
         unwrapped = accelerator.unwrap_model(model)
         weights = unwrapped.state_dict()
-        optimizer_state = optimizer_state_by_name(state.optimizer, _param_names(unwrapped))
+        optimizer_state = optimizer_state_by_name(
+            state.optimizer, _param_names(unwrapped, state.balancer)
+        )
     if accelerator.is_main_process:
         writer = CheckpointWriter(root, step)
         try:
             writer.save_tensors("model.safetensors", weights)
             writer.save_torch("optimizer.pt", optimizer_state)
+            if state.balancer is not None:
+                writer.save_torch("balancer.pt", state.balancer.state_dict())
             writer.save_tensors("rng_state.safetensors", {"torch": torch.get_rng_state()})
             writer.save_json("trainer_state.json", _trainer_state(state, accelerator))
             writer.save_text("config.yaml", dump_yaml(config))
@@ -239,8 +252,10 @@ def load_checkpoint(state: RunState, checkpoint: Path, config: PretrainConfig) -
     weights = load_tensors(checkpoint / "model.safetensors")
     new_tasks = _load_model_weights(state, weights, set(trainer_state["tasks"]), checkpoint)
     saved_optimizer = load_torch(checkpoint / "optimizer.pt")
-    params = dict(state.model.named_parameters())
+    params = {n: p for p, n in _param_names(state.model, state.balancer).items()}
     load_optimizer_state_by_name(state.optimizer, saved_optimizer, params)
+    if state.balancer is not None and (checkpoint / "balancer.pt").is_file():
+        state.balancer.load_state_dict(load_torch(checkpoint / "balancer.pt"))
     state.schedule.load_state_dict(trainer_state["schedule"])
     for name, stream_state in trainer_state["streams"].items():
         if name in state.streams:

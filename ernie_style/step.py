@@ -12,23 +12,44 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 
+from ernie_style.balancing import LossBalancer
 from ernie_style.deepspeed_support import is_deepspeed_engine
 
 
 class StepRunner:
     """Forward/backward/step for one training step; reports per-task losses and finiteness."""
 
-    def __init__(self, accelerator: Accelerator, model: Any, optimizer: Any, max_grad_norm: float):
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        model: Any,
+        optimizer: Any,
+        max_grad_norm: float,
+        balancer: LossBalancer | None = None,
+        shared_parameters: Sequence[torch.nn.Parameter] | None = None,
+    ):
         self.accelerator = accelerator
         self.model = model
         self.optimizer = optimizer
         self.max_grad_norm = max_grad_norm
         self.engine = model if is_deepspeed_engine(model) else None
+        #: Combines the step's task losses (None: their mean); see `ernie_style.balancing`.
+        self.balancer = balancer
+        self.shared_parameters = list(shared_parameters or [])
+
+    def combine(self, outputs: list[Any]) -> torch.Tensor:
+        """The scalar to backpropagate for one micro-batch's task outputs: their mean, or the
+        balancer's weighted total divided by the number of tasks."""
+        if self.balancer is None:
+            return sum(o.loss for o in outputs) / len(outputs)
+        losses = {o.task: o.loss for o in outputs}
+        return self.balancer(losses, shared_parameters=self.shared_parameters) / len(outputs)
 
     def set_lr(self, lr: float) -> None:
         """Set the learning rate of every parameter group."""
@@ -59,10 +80,11 @@ class StepRunner:
             sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
             with sync:
                 outputs = self.model([b[micro] | {"task": t} for t, b in batches.items()])
-                loss = sum(o.loss for o in outputs) / (len(outputs) * accum)
-                self.accelerator.backward(loss)
+                self.accelerator.backward(self.combine(outputs) / accum)
             for out in outputs:
                 totals[out.task] += out.loss.detach().float().item() / accum
+        if self.balancer is not None:
+            self.balancer.sync_gradients()
         if not self._all_finite(list(totals.values())):
             self.optimizer.zero_grad(set_to_none=True)
             return self._global_mean(totals), False
@@ -84,12 +106,14 @@ class StepRunner:
             for out, value in zip(outputs, losses, strict=True):
                 totals[out.task] += value / accum
             if self._all_finite(losses):
-                engine.backward(sum(o.loss for o in outputs) / len(outputs))
+                engine.backward(self.combine(outputs))
             elif accum == 1:
                 return self._global_mean(totals), False
             else:
                 applied = False
                 first = next(p for p in engine.module.parameters() if p.requires_grad)
                 engine.backward(first.sum() * 0.0)
+            if self.balancer is not None and micro == accum - 1:
+                self.balancer.sync_gradients()
             engine.step()
         return self._global_mean(totals), applied

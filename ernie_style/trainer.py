@@ -8,6 +8,7 @@ each process takes its slice, so data positions do not depend on the number of p
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from tqdm import tqdm
 
+from ernie_style.balancing import LossBalancer, build_balancer
 from ernie_style.checkpoint import find_resumable
 from ernie_style.config import dump_yaml
 from ernie_style.deepspeed_support import (
@@ -47,7 +49,7 @@ class NonFiniteLossError(RuntimeError):
     """Raised after too many consecutive NaN/inf losses (a checkpoint was saved first)."""
 
 
-def make_accelerator(config: PretrainConfig) -> Accelerator:
+def make_accelerator(config: Any) -> Accelerator:
     """An Accelerator on CPU when there is no GPU; unused task heads are allowed under DDP."""
     precision = config.precision
     no_gpu = not torch.cuda.is_available()
@@ -84,6 +86,7 @@ class PretrainTrainer:
             device_type=self.accelerator.device.type,
             fused_optimizer=not uses_deepspeed(self.accelerator, config),
         )
+        self.state.balancer = self._build_balancer(config)
         checkpoint = self._resolve_resume(resume)
         if checkpoint is not None and (checkpoint / RELEASE_MARKER).is_file():
             load_release(self.state, checkpoint)
@@ -108,7 +111,12 @@ class PretrainTrainer:
                     "copies (use ZeRO-1/2 for an exact resume)"
                 )
         self.stepper = StepRunner(
-            self.accelerator, self.model, self.optimizer, config.optim.max_grad_norm
+            self.accelerator,
+            self.model,
+            self.optimizer,
+            config.optim.max_grad_norm,
+            self.state.balancer,
+            self._last_shared_layer(),
         )
         self.logger = RunLogger(self.run_dir, enabled=self.accelerator.is_main_process)
         self._print(
@@ -127,6 +135,33 @@ class PretrainTrainer:
         return f"{kind} x {accel.num_processes} process(es) on {accel.device.type}"
 
     # ---- setup helpers ------------------------------------------------------------------
+    def _build_balancer(self, config: PretrainConfig) -> LossBalancer:
+        """The loss balancer over the run's tasks; its own parameters join the optimizer."""
+        accel = self.accelerator
+        reduce = None
+        if accel.num_processes > 1:
+            reduce = functools.partial(accel.reduce, reduction="mean")
+        balancer = build_balancer(
+            config.balancing, list(config.tasks), config.balancing_options, reduce
+        ).to(accel.device)
+        extra = list(balancer.parameters())
+        if extra and uses_deepspeed(accel, config):
+            raise ValueError(
+                f"balancing: {config.balancing} learns parameters outside the model, which "
+                "DeepSpeed does not optimize; use equal, fixed, dwa, gradnorm or dtp"
+            )
+        if extra:
+            self.state.optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+        return balancer
+
+    def _last_shared_layer(self) -> list[torch.nn.Parameter]:
+        """The backbone's last transformer layer (GradNorm's gradient norms are taken there)."""
+        if not self.state.balancer.needs_shared_parameters:
+            return []
+        if is_deepspeed_engine(self.model) and self.model.zero_optimization_stage() == 3:
+            raise ValueError("balancing: gradnorm needs full weights; not with DeepSpeed ZeRO-3")
+        return list(self.state.model.backbone.encoder.layer[-1].parameters())
+
     def _prepare(self, config: PretrainConfig) -> tuple[Any, Any]:
         """Wrap model and optimizer for the backend: accelerate (plain, DDP, its DeepSpeed
         plugin) or, for torchrun launches with `deepspeed=FILE`, `deepspeed.initialize`."""
@@ -208,7 +243,9 @@ class PretrainTrainer:
                     0.0,
                 )
             if (step + 1) % config.eval_every == 0 or stage_ended:
-                self._evaluate(step + 1, stage_before)
+                self.state.balancer.end_window()
+                results = self._evaluate(step + 1, stage_before)
+                self.state.balancer.update_kpis({t: r["accuracy"] for t, r in results.items()})
             if (step + 1) % config.checkpoint_every == 0 or stage_ended:
                 self.save()
         bar.close()
@@ -241,7 +278,7 @@ class PretrainTrainer:
         """One optimizer step; a non-finite loss skips it, and too many in a row stop the run
         after saving the last good state."""
         config = self.config
-        torch.manual_seed(_step_seed(config.seed, step, self.accelerator.process_index))
+        torch.manual_seed(step_seed(config.seed, step, self.accelerator.process_index))
         self.stepper.set_lr(config.optim.lr * self.lr.factor(step))
         totals, applied = self.stepper.run(batches, config.optim.grad_accum_steps)
         if applied:
@@ -267,6 +304,7 @@ class PretrainTrainer:
             + f" | {tokens_per_s:,.0f} tok/s"
         )
         scalars = {f"train/loss/{t}": v for t, v in means.items()}
+        scalars |= {f"balancing/weight/{t}": w for t, w in self.state.balancer.weights().items()}
         scalars |= {
             "train/tokens_per_s": tokens_per_s,
             "train/data_wait_fraction": data_fraction,
@@ -328,5 +366,6 @@ def check_batch_divides(config: PretrainConfig, world: int) -> None:
         )
 
 
-def _step_seed(seed: int, step: int, rank: int) -> int:
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of one step on one process (dropout masks; exact resume)."""
     return (seed * 1_000_003 + step * 7_919 + rank) % (2**63 - 1)

@@ -1,0 +1,506 @@
+"""Loss balancing strategies: exact formulas, toy problems with known behaviour, exact resume,
+tasks added later, and identical weights on simulated processes with different local losses."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import math
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from ernie_style.balancing import BALANCERS, balancer_class, build_balancer, check_options
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: intra-op threads only add contention (10x slower on a loaded 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+OPTIONS = {"fixed": {"weights": {"a": 0.5, "b": 2.0, "c": 1.5}}}
+
+
+def make(name, tasks=("a", "b"), reduce=None, **options):
+    return build_balancer(name, list(tasks), {**OPTIONS.get(name, {}), **options}, reduce)
+
+
+def roundtrip(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def drive(balancer, steps, one_task_per_step=False, rank=0):
+    """Deterministic losses per step (and per rank) through every entry point; the weights
+    after each step."""
+    params = list(balancer.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.1) if params else None
+    history = []
+    for step in steps:
+        w = nn.Parameter(torch.tensor([1.0, -0.5]))
+        tasks = balancer.tasks
+        if one_task_per_step:
+            tasks = [tasks[(step + rank) % len(tasks)]]
+        losses = {}
+        for task in tasks:
+            i = balancer.tasks.index(task)
+            scale = (1.0 + i) * (1.0 + 0.3 * math.sin(step + i)) / (1.0 + 0.1 * step * i)
+            losses[task] = scale * (1.0 + rank) * (w * torch.tensor([1.0, 2.0 + i])).sum() ** 2
+        total = balancer(losses, [w])
+        if optimizer is not None:
+            optimizer.zero_grad()
+        total.backward()
+        balancer.sync_gradients()
+        if optimizer is not None:
+            optimizer.step()
+        if step % 3 == 2:
+            balancer.end_window()
+        balancer.update_kpis(
+            {t: 0.5 + 0.4 * math.sin(step + 2 * balancer.tasks.index(t) + rank) for t in tasks}
+        )
+        history.append(balancer.weights())
+    return history
+
+
+# ---- construction ---------------------------------------------------------------------------
+def test_registry_names_and_errors():
+    assert BALANCERS == ("equal", "fixed", "uncertainty", "dwa", "gradnorm", "dtp")
+    with pytest.raises(ValueError, match=r"'magic'.*equal, fixed, uncertainty, dwa"):
+        build_balancer("magic", ["a"])
+    with pytest.raises(ValueError, match=r"\['temprature'\].*'dwa'.*valid: temperature"):
+        build_balancer("dwa", ["a"], {"temprature": 1.0})
+    with pytest.raises(ValueError, match="'temperature'"):
+        check_options("dwa", {"temperature": 0})
+    with pytest.raises(ValueError, match="'lr'"):
+        check_options("gradnorm", {"lr": "fast"})
+    check_options("gradnorm", {"alpha": 0.5})
+    with pytest.raises(ValueError, match="already registered"):
+        build_balancer("equal", ["a", "a"])
+    with pytest.raises(ValueError, match=r"without '\.'"):
+        build_balancer("equal", ["glue.sst2"])
+
+
+@pytest.mark.parametrize("name", BALANCERS)
+def test_defaults_match_constructor(name):
+    cls = balancer_class(name)
+    keyword = {
+        p.name: p.default
+        for p in inspect.signature(cls).parameters.values()
+        if p.kind is p.KEYWORD_ONLY
+    }
+    assert keyword == dict(cls.defaults)
+
+
+def test_losses_must_be_known_scalars():
+    balancer = make("equal")
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['z'\]"):
+        balancer({"z": torch.tensor(1.0)})
+    with pytest.raises(ValueError, match="empty"):
+        balancer({})
+    with pytest.raises(ValueError, match="scalar"):
+        balancer({"a": torch.ones(3)})
+
+
+# ---- equal / fixed --------------------------------------------------------------------------
+def test_equal_is_the_plain_sum():
+    balancer = make("equal", ["a", "b", "c"])
+    total = balancer({"a": torch.tensor(1.5), "c": torch.tensor(2.0)})
+    assert total.item() == 3.5
+    assert balancer.weights() == {"a": 1.0, "b": 1.0, "c": 1.0}
+
+
+def test_fixed_weights_exact_and_missing_task():
+    balancer = make("fixed", ["a", "b"])
+    assert balancer.weights() == {"a": 0.5, "b": 2.0}
+    total = balancer({"a": torch.tensor(4.0), "b": torch.tensor(3.0)})
+    assert total.item() == 8.0
+    balancer.add_task("c")  # listed in the weights
+    assert balancer.weights()["c"] == 1.5
+    with pytest.raises(ValueError, match=r"no weight for task\(s\) \['mlm'\]"):
+        build_balancer("fixed", ["a", "mlm"], {"weights": {"a": 1.0}})
+    with pytest.raises(ValueError, match="no weight for task"):
+        build_balancer("fixed", ["a"])
+    with pytest.raises(ValueError, match="'mlm'"):
+        build_balancer("fixed", ["a"], {"weights": {"a": 1.0}}).add_task("mlm")
+    with pytest.raises(ValueError, match=r"weights\.a"):
+        build_balancer("fixed", ["a"], {"weights": {"a": -1.0}})
+
+
+# ---- uncertainty ----------------------------------------------------------------------------
+def test_uncertainty_downweights_the_noisy_task():
+    torch.manual_seed(0)
+    n, d = 4096, 4
+    x = torch.randn(n, d)
+    variances = {"clean": 0.01, "noisy": 1.0}
+    targets = {t: x @ torch.randn(d) + torch.randn(n) * v**0.5 for t, v in variances.items()}
+    shared = nn.Linear(d, 8)
+    heads = nn.ModuleDict({t: nn.Linear(8, 1) for t in variances})
+    balancer = make("uncertainty", variances)
+    params = [*shared.parameters(), *heads.parameters(), *balancer.parameters()]
+    optimizer = torch.optim.Adam(params, lr=0.05)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [300, 400], 0.2)
+    for _ in range(500):
+        batch = torch.randint(0, n, (128,))  # mini-batches: gradients never vanish (denormals)
+        h = shared(x[batch])
+        losses = {
+            t: nn.functional.mse_loss(heads[t](h).squeeze(1), y[batch]) for t, y in targets.items()
+        }
+        optimizer.zero_grad()
+        balancer(losses).backward()
+        optimizer.step()
+        schedule.step()
+    weights = balancer.weights()
+    assert weights["clean"] > 30 * weights["noisy"]
+    for task, variance in variances.items():  # s -> log of the residual variance
+        assert balancer.log_variances[task].item() == pytest.approx(math.log(variance), abs=0.2)
+
+
+def test_uncertainty_total_formula():
+    balancer = make("uncertainty", init_log_variance=0.5)
+    with torch.no_grad():
+        balancer.log_variances["b"].fill_(-1.0)
+    total = balancer({"a": torch.tensor(2.0), "b": torch.tensor(3.0)})
+    expected = math.exp(-0.5) * 2.0 + 0.5 + math.exp(1.0) * 3.0 - 1.0
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+    assert balancer.weights()["b"] == pytest.approx(math.e, rel=1e-6)
+
+
+# ---- gradnorm -------------------------------------------------------------------------------
+def test_gradnorm_single_update_exact():
+    w = nn.Parameter(torch.ones(1))
+    balancer = make("gradnorm")
+    total = balancer({"a": (3 * w).sum(), "b": (1 * w).sum()}, [w])
+    assert total.item() == 4.0  # this step's total uses the weights before the update
+    # G = (3, 1), target = mean(G) = 2, step = lr * sign(G - target) * g / mean(g)
+    a, b = 1 - 0.025 * 3 / 2, 1 + 0.025 * 1 / 2
+    expected = {"a": 2 * a / (a + b), "b": 2 * b / (a + b)}
+    assert balancer.weights() == pytest.approx(expected, rel=1e-12)
+
+
+def test_gradnorm_favours_the_task_whose_loss_falls_slowest():
+    balancer = make("gradnorm", ema=0.0)
+    for step in range(3):
+        w = nn.Parameter(torch.ones(1))
+        balancer({"a": (2 * w).sum(), "b": (2 * w).sum() * 0.5**step}, [w])
+    weights = balancer.weights()
+    assert weights["a"] > 1 > weights["b"]
+    assert sum(weights.values()) == pytest.approx(2.0)
+
+
+def _gradnorm_toy(name, one_task_per_step, steps=300):
+    """Two symmetric regression tasks on one shared layer, except that task b's loss is scaled
+    10x, so its gradient on the shared layer is ~10x larger. Returns the mean over the last
+    100 steps of log(||∇_W w_b L_b|| / ||∇_W w_a L_a||) on the same batch."""
+    torch.manual_seed(0)
+    n, d = 2048, 8
+    x = torch.randn(n, d)
+    directions = torch.linalg.qr(torch.randn(d, 2)).Q.T * 2  # orthogonal, same norm
+    targets = {t: x @ directions[i] + 0.5 * torch.randn(n) for i, t in enumerate("ab")}
+    scale = {"a": 1.0, "b": 10.0}
+    shared = nn.Linear(d, 16)
+    heads = nn.ModuleDict({t: nn.Linear(16, 1) for t in "ab"})
+    heads["b"].load_state_dict(heads["a"].state_dict())
+    balancer = make(name)
+    optimizer = torch.optim.SGD([*shared.parameters(), *heads.parameters()], lr=0.01)
+    log_ratios = []
+    for step in range(steps):
+        batch = torch.randint(0, n, (64,))
+        h = shared(x[batch])
+        losses = {
+            t: scale[t] * nn.functional.mse_loss(heads[t](h).squeeze(1), targets[t][batch])
+            for t in "ab"
+        }
+        if step >= steps - 100:
+            weights, norms = balancer.weights(), {}
+            for t in "ab":
+                grads = torch.autograd.grad(losses[t], list(shared.parameters()), retain_graph=True)
+                norms[t] = weights[t] * torch.sqrt(sum((g**2).sum() for g in grads)).item()
+            log_ratios.append(math.log(norms["b"] / norms["a"]))
+        tasks = [("a", "b")[step % 2]] if one_task_per_step else ["a", "b"]
+        optimizer.zero_grad()
+        balancer({t: losses[t] for t in tasks}, list(shared.parameters())).backward()
+        optimizer.step()
+    assert sum(balancer.weights().values()) == pytest.approx(2.0)
+    return sum(log_ratios) / len(log_ratios)
+
+
+@pytest.mark.parametrize("one_task_per_step", [False, True])
+def test_gradnorm_equalises_gradient_norms(one_task_per_step):
+    equal = _gradnorm_toy("equal", one_task_per_step)
+    balanced = _gradnorm_toy("gradnorm", one_task_per_step)
+    assert equal > math.log(5)
+    assert abs(balanced) < 0.2 * equal
+
+
+def test_gradnorm_needs_shared_parameters_that_the_loss_uses():
+    w = nn.Parameter(torch.ones(1))
+    balancer = make("gradnorm")
+    assert balancer.needs_shared_parameters
+    with pytest.raises(ValueError, match="shared_parameters"):
+        balancer({"a": (w * 2).sum()})
+    with pytest.raises(ValueError, match="'b' does not depend"):
+        balancer({"a": (w * 2).sum(), "b": (nn.Parameter(torch.ones(1)) * 2).sum()}, [w])
+
+
+def test_gradnorm_under_bf16_autocast():
+    torch.manual_seed(0)
+    shared, head = nn.Linear(8, 8), nn.Linear(8, 1)
+    balancer = make("gradnorm")
+    x = torch.randn(16, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = shared(x)
+        losses = {"a": head(h).float().pow(2).mean(), "b": 10 * head(h).float().abs().mean()}
+        total = balancer(losses, list(shared.parameters()))
+    total.backward()
+    assert shared.weight.grad is not None
+    state = balancer.get_extra_state()["state"]
+    assert all(math.isfinite(state[t]["grad_norm"]) for t in "ab")
+    assert balancer.weights()["a"] != 1.0
+
+
+# ---- dwa ------------------------------------------------------------------------------------
+def test_dwa_slow_task_gets_more_weight():
+    balancer = make("dwa", ["fast", "slow"])
+    for window in range(4):
+        for _ in range(5):
+            losses = {"fast": 10 * 0.5**window, "slow": 10 * 0.95**window}
+            balancer({t: torch.tensor(v) for t, v in losses.items()})
+        if window < 2:  # two windows of history first
+            assert balancer.weights() == {"fast": 1.0, "slow": 1.0}
+        balancer.end_window()
+    weights = balancer.weights()
+    z = [math.exp(0.5 / 2), math.exp(0.95 / 2)]
+    assert weights == pytest.approx({"fast": 2 * z[0] / sum(z), "slow": 2 * z[1] / sum(z)})
+    assert weights["slow"] > weights["fast"]
+    assert sum(weights.values()) == pytest.approx(2.0)
+
+
+def test_dwa_explicit_means_and_late_task():
+    balancer = make("dwa", ["a", "b", "c"], temperature=1.0)
+    balancer.end_window({"a": 4.0, "b": 4.0})
+    balancer.end_window({"a": 2.0, "b": 3.0})
+    a, b = _dwa(0.5, 0.75)
+    assert balancer.weights() == pytest.approx({"a": a, "b": b, "c": 1.0})
+    balancer.end_window({"c": 1.0})  # c: one window; a, b keep their history
+    balancer.end_window({"c": 1.0})
+    weights = balancer.weights()
+    assert weights == pytest.approx(dict(zip("abc", _dwa(0.5, 0.75, 1.0), strict=True)))
+    assert sum(weights.values()) == pytest.approx(3.0)
+    assert weights["c"] > weights["b"] > weights["a"]
+
+
+def _dwa(*ratios, temperature=1.0):
+    exps = [math.exp(r / temperature) for r in ratios]
+    return [len(ratios) * e / sum(exps) for e in exps]
+
+
+# ---- dtp ------------------------------------------------------------------------------------
+def test_dtp_focal_weights_exact():
+    balancer = make("dtp", ["good", "bad", "new"])
+    assert balancer.weights() == {"good": 1.0, "bad": 1.0, "new": 1.0}
+    balancer.update_kpis({"good": 0.9, "bad": 0.3})
+    expected = {t: -((1 - k) ** 2) * math.log(k) for t, k in (("good", 0.9), ("bad", 0.3))}
+    assert balancer.weights() == pytest.approx({**expected, "new": 1.0})
+    assert balancer.weights()["bad"] > balancer.weights()["good"]
+    balancer.update_kpis({"good": 0.5})  # moving average 0.9 * 0.9 + 0.1 * 0.5
+    assert balancer.weights()["good"] == pytest.approx(-(0.14**2) * math.log(0.86))
+    total = balancer({"bad": torch.tensor(2.0)})
+    assert total.item() == pytest.approx(2 * expected["bad"])
+    balancer.update_kpis({"new": 1.0})  # clipped into [eps, 1 - eps]
+    assert 0 < balancer.weights()["new"] < 1e-10
+    with pytest.raises(ValueError, match="KPI of task 'bad'"):
+        balancer.update_kpis({"bad": 1.5})
+    with pytest.raises(ValueError, match="unknown task 'zz'"):
+        balancer.update_kpis({"zz": 0.5})
+
+
+def test_dtp_kpi_from_loss():
+    balancer = make("dtp", kpi_from_loss=True, gamma=1.0)
+    balancer({"a": torch.tensor(0.1), "b": torch.tensor(2.0)})
+    weights = balancer.weights()
+    for task, loss in (("a", 0.1), ("b", 2.0)):
+        kpi = math.exp(-loss)
+        assert weights[task] == pytest.approx(-(1 - kpi) * math.log(kpi))
+    balancer.eval()  # evaluation does not move the statistics
+    balancer({"a": torch.tensor(5.0)})
+    assert balancer.weights() == weights
+
+
+# ---- state ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", BALANCERS)
+@pytest.mark.parametrize("one_task_per_step", [False, True])
+def test_state_dict_round_trip_continues_exactly(name, one_task_per_step):
+    tasks = ("a", "b", "c")
+    original = make(name, tasks)
+    drive(original, range(7), one_task_per_step)  # stops mid-window (dwa)
+    restored = make(name, tasks)
+    restored.load_state_dict(roundtrip(original.state_dict()))
+    fresh = make(name, tasks)
+    expected = drive(original, range(7, 14), one_task_per_step)
+    assert drive(restored, range(7, 14), one_task_per_step) == expected
+    if name not in ("equal", "fixed"):  # the state matters: a fresh balancer goes elsewhere
+        assert drive(fresh, range(7, 14), one_task_per_step) != expected
+
+
+def test_loading_another_strategy_fails():
+    with pytest.raises(ValueError, match=r"'dwa'.*'gradnorm'"):
+        make("gradnorm").load_state_dict(make("dwa").state_dict())
+
+
+@pytest.mark.parametrize("name", BALANCERS)
+def test_add_task_keeps_other_tasks_state(name):
+    old = make(name, ("a", "b"))
+    drive(old, range(6))
+    before = old.get_extra_state()["state"]
+    weights = old.weights()
+    checkpoint = roundtrip(old.state_dict())
+
+    old.add_task("c")
+    assert {t: old.weights()[t] for t in "ab"} == weights
+    assert {t: old.get_extra_state()["state"][t] for t in "ab"} == before
+    assert old.weights()["c"] == make(name, ("c",)).weights()["c"]
+
+    resumed = make(name, ("a", "b", "c"))  # resume with a new task in the config
+    resumed.load_state_dict(checkpoint)
+    assert resumed.get_extra_state() == old.get_extra_state()
+    assert drive(resumed, range(6, 12)) == drive(old, range(6, 12))
+
+    fewer = make(name, ("a",))  # a checkpoint task missing from the config is kept
+    fewer.load_state_dict(checkpoint)
+    assert fewer.tasks == ["a", "b"]
+    assert fewer.weights() == weights
+
+
+# ---- distributed ----------------------------------------------------------------------------
+class FakeGroup:
+    """An all-reduce (mean or sum) between threads standing in for processes."""
+
+    def __init__(self, size, op="mean"):
+        self.barrier = threading.Barrier(size, timeout=30)
+        self.slots = [None] * size
+        self.calls = [0] * size
+        self.op = op
+
+    def reduce_for(self, rank):
+        def reduce(tensor):
+            self.calls[rank] += 1
+            self.slots[rank] = tensor.detach().clone()
+            self.barrier.wait()
+            out = getattr(torch.stack(self.slots), self.op)(0)
+            self.barrier.wait()
+            return out
+
+        return reduce
+
+
+def run_ranks(fn, size=2, op="mean"):
+    group, results, errors = FakeGroup(size, op), [None] * size, []
+
+    def target(rank):
+        try:
+            results[rank] = fn(rank, group.reduce_for(rank))
+        except BaseException as error:  # re-raised in the main thread
+            errors.append(error)
+            group.barrier.abort()
+
+    threads = [threading.Thread(target=target, args=(r,)) for r in range(size)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results, group
+
+
+@pytest.mark.parametrize("name", ["uncertainty", "dwa", "gradnorm", "dtp"])
+@pytest.mark.parametrize("one_task_per_step", [False, True])
+def test_two_ranks_with_different_losses_agree(name, one_task_per_step):
+    def rank_run(rank, reduce):
+        balancer = make(name, ("a", "b", "c"), reduce=reduce)
+        # one_task_per_step: the ranks train different tasks in the same step
+        return drive(balancer, range(10), one_task_per_step, rank=rank)
+
+    (first, second), group = run_ranks(rank_run)
+    assert first == second
+    assert group.calls[0] == group.calls[1] > 0
+    alone = drive(make(name, ("a", "b", "c")), range(10), one_task_per_step, rank=0)
+    assert alone != first  # the ranks' losses differ, so reducing mattered
+
+
+def test_two_ranks_dwa_uses_the_global_window_mean():
+    local = {0: {"a": [1.0, 2.0], "b": [4.0]}, 1: {"a": [3.0], "b": [2.0, 2.0, 2.0]}}
+
+    def rank_run(rank, reduce):
+        balancer = make("dwa", reduce=reduce)
+        for window in range(3):
+            for task, values in local[rank].items():
+                for value in values:
+                    balancer({task: torch.tensor(value * 0.5 ** (window * (task == "a")))})
+            balancer.end_window()
+        return balancer.weights()
+
+    (first, second), _ = run_ranks(rank_run)
+    assert first == second
+    single = make("dwa")
+    for window in range(3):  # one process seeing both ranks' losses
+        for rank in (0, 1):
+            for task, values in local[rank].items():
+                for value in values:
+                    single({task: torch.tensor(value * 0.5 ** (window * (task == "a")))})
+        single.end_window()
+    assert first == pytest.approx(single.weights(), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["dwa", "gradnorm", "dtp"])
+def test_sum_reduction_gives_the_weights_of_mean_reduction(name):
+    def rank_run(rank, reduce):
+        return drive(make(name, ("a", "b", "c"), reduce=reduce), range(10), True, rank=rank)
+
+    (mean, _), _ = run_ranks(rank_run, op="mean")
+    (total, _), _ = run_ranks(rank_run, op="sum")
+    assert [pytest.approx(w, rel=1e-12) for w in mean] == total
+
+
+@pytest.mark.parametrize("op", ["mean", "sum"])
+def test_two_ranks_uncertainty_gradients_are_averaged(op):
+    def rank_run(rank, reduce):
+        balancer = make("uncertainty", reduce=reduce)
+        balancer({"a": torch.tensor(2.0 + 4.0 * rank)}).backward()
+        balancer.sync_gradients()
+        return {
+            t: None if p.grad is None else p.grad.item() for t, p in balancer.log_variances.items()
+        }
+
+    (first, second), _ = run_ranks(rank_run, op=op)
+    # d/ds [exp(-s) L + s] at s = 0 is 1 - L: ranks have -1 and -5, the mean is -3
+    assert first == second == {"a": pytest.approx(-3.0), "b": None}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", BALANCERS)
+def test_cuda_bf16_losses(name):
+    torch.manual_seed(0)
+    balancer = make(name).to("cuda")
+    w = nn.Parameter(torch.ones(2, device="cuda"))
+    x = torch.randn(4, 2, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        losses = {t: (x @ w).float().pow(2).mean() * (i + 1) for i, t in enumerate("ab")}
+        total = balancer(losses, [w])
+    total.backward()
+    balancer.sync_gradients()
+    balancer.update_kpis({"a": 0.5})
+    balancer.end_window()
+    assert total.device.type == "cuda"
+    assert all(math.isfinite(v) for v in balancer.weights().values())
+    restored = make(name).to("cuda")
+    restored.load_state_dict(roundtrip(balancer.state_dict()))
+    assert restored.weights() == balancer.weights()
