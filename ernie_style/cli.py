@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from ernie_style import __version__
 
 #: Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("tasks", "prepare", "examples", "pretrain", "export")
+COMMANDS = ("tasks", "prepare", "examples", "pretrain", "export", "finetune", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,205 @@
+"""Fine-tuning throughput: our single-task step vs. the transformers `Trainer`, and the cost of
+GradNorm against equal weighting.
+
+One run, one machine, the same encoder and data for both sides:
+
+- encoder: a randomly initialised ERNIE encoder of the `small` preset (hidden 256, 4 layers,
+  4 heads, task embeddings on) saved locally with a WordPiece tokenizer trained on the shipped
+  fine-tuning texts; task: `wiki_pairs` (pair classification, data/finetune/), batch 32,
+  max 128 tokens, bf16 autocast on CPU, `torch.set_num_threads(2)`;
+- (a) ours: `FinetuneTrainer` (one task), timed over `_train_step` (sampling, collation,
+  forward, backward, clipping, AdamW) after warm-up steps;
+- (b) stock: `ErnieForSequenceClassification.from_pretrained(encoder)` trained by
+  `transformers.Trainer` (bf16, fused AdamW, `DataCollatorWithPadding` to a multiple of 8,
+  in-process data loading, no eval/save/logging), the same encoded examples, timed per step by a
+  callback after the same warm-up.
+
+Printed: examples/s of both and the ratio (a)/(b) (target >= 1.0); the mean step time of a
+two-task run (wiki_pairs + sentiment) with `balancing: gradnorm` and with `equal`, and their
+ratio (target <= 1.5).
+
+    .venv/bin/python bench/finetune_throughput.py [--steps N] [--warmup N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from _timing import ForeignLoad
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+BATCH = 32
+
+
+def make_encoder(workdir: Path) -> Path:
+    """The `small` encoder + tokenizer, saved locally."""
+    from finetune_helpers import make_encoder_dir
+
+    sizes = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4}
+    return make_encoder_dir(workdir / "encoder", vocab_size=8000, **sizes)
+
+
+def write_config(workdir: Path, encoder: Path, names: list[str], balancing: str) -> Path:
+    """A bf16 fine-tuning config over shipped tasks."""
+    from finetune_helpers import shipped_tasks
+
+    data = {
+        "output_dir": str(workdir / f"run-{balancing}-{len(names)}"),
+        "encoder": str(encoder),
+        "precision": "bf16",
+        "epochs": 100,
+        "batch_size": BATCH,
+        "lr": 1e-4,
+        "balancing": balancing,
+        "checkpoint_every": 0,
+        "tasks": shipped_tasks(*names),
+    }
+    for task in data["tasks"]:
+        task.pop("batch_size", None)
+    path = workdir / f"{balancing}-{len(names)}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def time_ours(config_path: Path, warmup: int, steps: int) -> tuple[float, float, Any]:
+    """(examples/s, mean step seconds, trainer) of `_train_step` after `warmup` steps."""
+    from ernie_style.config import load_config
+    from ernie_style.finetune.config import FinetuneConfig
+    from ernie_style.finetune.trainer import FinetuneTrainer
+
+    trainer = FinetuneTrainer(load_config(FinetuneConfig, config_path, []))
+    torch.set_num_threads(2)
+    for step in range(warmup):
+        trainer._train_step(step)
+    with ForeignLoad() as load:
+        start = time.perf_counter()
+        for step in range(warmup, warmup + steps):
+            trainer._train_step(step)
+        seconds = time.perf_counter() - start
+    print(f"    foreign load {load.cores if load.cores is not None else float('nan'):.2f} cores")
+    return steps * BATCH / seconds, seconds / steps, trainer
+
+
+def time_stock(encoder: Path, trainer: Any, workdir: Path, warmup: int, steps: int) -> float:
+    """Examples/s of `transformers.Trainer` on ErnieForSequenceClassification."""
+    import datasets
+    from transformers import (
+        DataCollatorWithPadding,
+        ErnieForSequenceClassification,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    task = trainer.tasks["wiki_pairs"]
+    examples = task.splits["train"]
+    needed = (warmup + steps) * BATCH
+    rows = list(itertools.islice(itertools.cycle(examples), needed))
+    dataset = datasets.Dataset.from_dict(
+        {
+            "input_ids": [r["input_ids"] for r in rows],
+            "token_type_ids": [r["token_type_ids"] for r in rows],
+            "labels": [r["labels"] for r in rows],
+        }
+    )
+    ends: list[float] = []
+    loads: list[ForeignLoad] = []
+
+    class StepClock(TrainerCallback):
+        def on_step_begin(self, _args: Any, state: Any, *__: Any, **___: Any) -> None:
+            if state.global_step == warmup:
+                ends.append(time.perf_counter())
+                loads.append(ForeignLoad().__enter__())
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            ends.append(time.perf_counter())
+
+    model = ErnieForSequenceClassification.from_pretrained(
+        str(encoder), num_labels=task.num_labels, local_files_only=True
+    )
+    args = TrainingArguments(
+        output_dir=str(workdir / "hf"),
+        per_device_train_batch_size=BATCH,
+        max_steps=warmup + steps,
+        learning_rate=1e-4,
+        bf16=True,
+        use_cpu=True,
+        optim="adamw_torch_fused",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+    )
+    collator = DataCollatorWithPadding(trainer.tokenizer, pad_to_multiple_of=8)
+    stock = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
+        callbacks=[StepClock()],
+    )
+    torch.set_num_threads(2)
+    stock.train()
+    loads[0].__exit__(None, None, None)
+    print(f"    foreign load {loads[0].cores if loads[0].cores is not None else float('nan'):.2f}")
+    timed = ends[-(steps + 1) :]
+    return steps * BATCH / (timed[-1] - timed[0])
+
+
+def main() -> None:
+    """Run both comparisons and print the ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        encoder = make_encoder(workdir)
+        print("(a) ours, single task wiki_pairs")
+        ours, _, trainer = time_ours(
+            write_config(workdir, encoder, ["wiki_pairs"], "equal"), args.warmup, args.steps
+        )
+        print("(b) transformers Trainer, ErnieForSequenceClassification")
+        stock = time_stock(encoder, trainer, workdir, args.warmup, args.steps)
+        del trainer
+        print("(c) two tasks, equal vs gradnorm")
+        _, equal_step, _ = time_ours(
+            write_config(workdir, encoder, ["wiki_pairs", "sentiment"], "equal"),
+            args.warmup,
+            args.steps,
+        )
+        _, gradnorm_step, _ = time_ours(
+            write_config(workdir, encoder, ["wiki_pairs", "sentiment"], "gradnorm"),
+            args.warmup,
+            args.steps,
+        )
+    print(f"(a) ours                 {ours:8.1f} examples/s")
+    print(f"(b) transformers Trainer {stock:8.1f} examples/s")
+    verdict = "MET" if ours / stock >= 1.0 else "NOT MET"
+    print(f"ratio (a)/(b): {ours / stock:.2f}x (target >= 1.0: {verdict})")
+    print(f"step time equal {equal_step * 1000:.1f} ms, gradnorm {gradnorm_step * 1000:.1f} ms")
+    ratio = gradnorm_step / equal_step
+    verdict = "MET" if ratio <= 1.5 else "NOT MET"
+    print(f"ratio gradnorm/equal: {ratio:.2f}x (target <= 1.5: {verdict})")
+    print(f"benchmark wall time {time.perf_counter() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""MT-DNN-style multi-task fine-tuning of released encoders."""

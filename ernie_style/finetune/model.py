@@ -1,0 +1,141 @@
+"""The multi-task fine-tuning model: one shared encoder, an optional sharing layer (MMoE / PLE),
+one head per task (MT-DNN).
+
+`forward(batch)` takes one task's batch (`task` names it) or a list of them and returns
+`TaskResult`s (task, loss, logits), the contract `ernie_style.step.StepRunner` trains with.
+Ranking batches (`[Q, K, T]` query-candidate pairs) are flattened to `[Q*K, T]` for the encoder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+
+from ernie_style.finetune.data import EncodedTask
+from ernie_style.finetune.heads import FinetuneHead, build_head
+from ernie_style.finetune.sharing import SharingLayer, build_sharing
+
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class TaskResult:
+    """One task batch's loss (None without labels) and logits."""
+
+    task: str
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+def load_encoder(path: str | Path) -> PreTrainedModel:
+    """A local Hugging Face encoder (`AutoModel`, with its pooler), never from a hub.
+
+    A directory without `config.json` or without weights is refused with a message naming it.
+    """
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"encoder: {path} is not a model directory (no config.json)")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ValueError(f"encoder: {path} has a config.json but no weights (*.safetensors)")
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (ValueError, OSError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"encoder: {path}/config.json is not a usable model config: {error}"
+        ) from error
+    if getattr(config, "is_decoder", False):
+        raise ValueError(f"encoder: {path} is a decoder, not a bidirectional encoder")
+    return AutoModel.from_pretrained(str(path), config=config, local_files_only=True)
+
+
+class MultiTaskModel(nn.Module):
+    """Shared encoder + sharing layer + a `ModuleDict` of heads keyed by task name."""
+
+    def __init__(
+        self,
+        encoder: PreTrainedModel,
+        heads: Mapping[str, FinetuneHead],
+        sharing: SharingLayer,
+        task_ids: Mapping[str, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.sharing = sharing
+        self.heads = nn.ModuleDict(dict(heads))
+        #: Task-embedding row per task, or None when the encoder has no task embeddings.
+        self.task_ids = dict(task_ids) if task_ids is not None else None
+
+    def forward(
+        self, batch: Mapping[str, Any] | list[Mapping[str, Any]]
+    ) -> TaskResult | list[TaskResult]:
+        """Loss and logits of each task batch; a list gives a list (one call, DDP-friendly)."""
+        if isinstance(batch, list):
+            return [self._forward_one(b) for b in batch]
+        return self._forward_one(batch)
+
+    def encoder_inputs(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The encoder's inputs for a task batch (ranking groups flattened, task ids added)."""
+        inputs = {k: batch[k] for k in ENCODER_INPUTS if k in batch}
+        inputs = {k: v.reshape(-1, v.shape[-1]) for k, v in inputs.items()}
+        if self.task_ids is not None:
+            task_id = self.task_ids[batch["task"]]
+            inputs["task_type_ids"] = torch.full_like(inputs["input_ids"], task_id)
+        return inputs
+
+    def _forward_one(self, batch: Mapping[str, Any]) -> TaskResult:
+        name = batch["task"]
+        if name not in self.heads:
+            raise KeyError(f"batch task {name!r} has no head; tasks: {list(self.heads)}")
+        head = self.heads[name]
+        out = self.encoder(**self.encoder_inputs(batch))
+        reads_sequence = head.reads == "sequence"
+        sequence_output, pooled_output = self.sharing(
+            name,
+            out.last_hidden_state if reads_sequence else None,
+            None if reads_sequence else out.pooler_output,
+        )
+        extras = {k: v for k, v in batch.items() if k not in (*ENCODER_INPUTS, "labels", "task")}
+        result = head(sequence_output, pooled_output, batch.get("labels"), **extras)
+        return TaskResult(name, result.loss, result.logits)
+
+
+def build_model(
+    encoder: PreTrainedModel,
+    tasks: Mapping[str, EncodedTask],
+    sharing: str,
+    sharing_options: Mapping[str, Any],
+    head_options: Mapping[str, Mapping[str, Any]],
+    use_task_id: bool,
+    seed: int,
+) -> MultiTaskModel:
+    """Heads (seeded) and the sharing layer for `tasks` over `encoder`."""
+    hidden = encoder.config.hidden_size
+    if getattr(encoder, "pooler", None) is None:
+        raise ValueError("encoder: the model has no pooler (save it with add_pooling_layer)")
+    dropout = float(getattr(encoder.config, "hidden_dropout_prob", 0.1))
+    torch.manual_seed(seed)
+    heads = {
+        name: build_head(task.type, hidden, task.num_labels, dropout, **head_options.get(name, {}))
+        for name, task in tasks.items()
+    }
+    layer = build_sharing(sharing, hidden, list(tasks), **dict(sharing_options))
+    task_ids = None
+    if use_task_id:
+        rows = int(getattr(encoder.config, "task_type_vocab_size", 0))
+        if not getattr(encoder.config, "use_task_id", False) or rows == 0:
+            raise ValueError("use_task_id: the encoder has no task embeddings")
+        task_ids = {}
+        for name, task in tasks.items():
+            # Default row 0: in an ernie-style release, the knowledge-masking task's embedding.
+            task_id = task.task_id if task.task_id is not None else 0
+            if task_id >= rows:
+                raise ValueError(f"task {name}: task_id {task_id} >= the encoder's {rows} rows")
+            task_ids[name] = task_id
+    return MultiTaskModel(encoder, heads, layer, task_ids)
