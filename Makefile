@@ -25,7 +25,10 @@ demo: $(STAMP)
 	$(VENV)/bin/ernie-style pretrain --config configs/pretrain/demo_cpu.yaml \
 		data.corpus=$(DEMO_DIR)/corpus output_dir=$(DEMO_DIR)/pretrain --resume auto
 	$(VENV)/bin/ernie-style export --run $(DEMO_DIR)/pretrain --output $(DEMO_DIR)/release
+	$(VENV)/bin/ernie-style finetune --config configs/finetune/demo_multitask.yaml \
+		encoder=$(DEMO_DIR)/release output_dir=$(DEMO_DIR)/finetune --resume auto
 	@echo "release: $(DEMO_DIR)/release  (forgetting plot: $(DEMO_DIR)/pretrain/heldout_loss.png)"
+	@echo "fine-tuned: $(DEMO_DIR)/finetune/metrics.md, per-task models in $(DEMO_DIR)/finetune/tasks/"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -40,6 +43,7 @@ bench: $(STAMP)
 	$(PY) bench/prepare_throughput.py
 	$(PY) bench/example_throughput.py
 	$(PY) bench/train_throughput.py
+	$(PY) bench/finetune_throughput.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -160,8 +160,9 @@ def computed_positions(model: Any, batch: dict) -> int:
     """Positions the encoder computes for a batch: its padded size, or the packed rows'."""
     from ernie_style.packing import pack_batch
 
-    packed = pack_batch(batch) if model.pack_sequences else None
-    return batch["attention_mask"].numel() if packed is None else packed.inputs["input_ids"].numel()
+    if not model.pack_sequences:
+        return batch["attention_mask"].numel()
+    return pack_batch(batch).inputs["input_ids"].numel()
 
 
 def ours_step_flops(model: Any, batches: dict[str, list[dict]]) -> tuple[float, int, int]:

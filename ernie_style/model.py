@@ -123,10 +123,9 @@ class ErniePretrainingModel(nn.Module):
         if self.pack_sequences:
             additive = torch.float32 if uses_additive_mask(self.backbone) else None
             packed = pack_batch(batch, additive_mask_dtype=additive)
-            if packed is not None:
-                hidden = self.backbone(**packed.inputs).last_hidden_state
-                sequence_output = packed.unpack(hidden)
-                return sequence_output, self.backbone.pooler(sequence_output)
+            hidden = self.backbone(**packed.inputs).last_hidden_state
+            sequence_output = packed.unpack(hidden)
+            return sequence_output, self.backbone.pooler(sequence_output)
         out = self.backbone(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],

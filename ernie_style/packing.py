@@ -61,19 +61,18 @@ class PackedBatch:
 
 def pack_batch(
     batch: Mapping[str, Any], additive_mask_dtype: torch.dtype | None = None
-) -> PackedBatch | None:
+) -> PackedBatch:
     """Pack a padded batch (`input_ids`, `attention_mask`, `token_type_ids`, `task_type_ids`).
 
-    Returns None when packing would not remove a single row (the padded batch is as good). The
-    4D mask is boolean (True = attend) for SDPA, or additive (0 / dtype min) in
-    `additive_mask_dtype` for eager attention.
+    The 4D mask is boolean (True = attend) for SDPA, or additive (0 / dtype min) in
+    `additive_mask_dtype` for eager attention. A batch that is already full is packed too (into
+    as many rows): every process then runs the same modules in the same order whatever its
+    data, which DeepSpeed ZeRO-3's parameter gathering requires.
     """
     attention_mask = batch["attention_mask"]
     batch_size, width = attention_mask.shape
     lengths = attention_mask.sum(1).tolist()
     rows = pack_rows(lengths, width)
-    if len(rows) >= batch_size:
-        return None
     used = max(sum(lengths[i] for i in row) for row in rows)
     packed_width = -(-used // WIDTH_MULTIPLE) * WIDTH_MULTIPLE
     row_of = torch.empty(batch_size, dtype=torch.long)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from tqdm import tqdm
 
@@ -58,6 +59,11 @@ def make_accelerator(config: Any) -> Accelerator:
     # `cpu=True` would silently turn a DeepSpeed launch into plain multi-CPU; DeepSpeed picks
     # its own CPU accelerator when there is no GPU.
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", precision) != precision:
+        # Another run in this process (active-learning rounds, tests) chose another precision:
+        # accelerate keeps one global state, so start it afresh (the process group is kept).
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         cpu=no_gpu and not deepspeed,
         mixed_precision=precision,

@@ -74,3 +74,15 @@ def test_auto_schedule_from_task_order_and_first_stage():
     schedule = config.build_schedule()
     assert len(schedule.stages) == 3
     assert schedule.stages[0] == {"knowledge_masking": 20, "capitalization": 14}
+
+
+def test_float_keys_accept_exponents_without_a_dot(tmp_path):
+    from ernie_style.config import load_config
+    from ernie_style.pretrain_config import PretrainConfig
+
+    config = load_config(
+        PretrainConfig, None, ["data.corpus=x", "optim.lr=3e-5", "tasks.capitalization.budget=5"]
+    )
+    assert config.optim.lr == 3e-5
+    with pytest.raises(ValueError, match="optim.lr.*must be float"):
+        load_config(PretrainConfig, None, ["data.corpus=x", "optim.lr=fast"])

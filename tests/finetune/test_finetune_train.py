@@ -65,10 +65,8 @@ def easy_tasks(root: Path) -> list[dict]:
             [(t, 1.0 if label == "tweet" else 0.0) for t, label in labelled],
         )
         pairs = []
-        for tweet, review in zip(tweets, reviews, strict=False):
-            pairs.append(
-                (tweet, review, "first") if rng.random() < 0.5 else (review, tweet, "second")
-            )
+        for i, (tweet, review) in enumerate(zip(tweets, reviews, strict=False)):
+            pairs.append((tweet, review, "first") if i % 2 else (review, tweet, "second"))
         _write_tsv(root / f"order_{split}.tsv", ["text_a", "text_b", "label"], pairs)
         with (root / f"rank_{split}.jsonl").open("w") as out:
             for i, query in enumerate(tweets[len(reviews) :]):
@@ -302,4 +300,40 @@ def test_bad_encoder_and_mismatched_tokenizer_are_refused(encoder_dir, tmp_path,
     assert main(["finetune", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "tokens but the encoder" in err and "do not belong together" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_a_new_task_keeps_the_old_weights(encoder_dir, tmp_path):
+    first = write_config(
+        tmp_path / "a.yaml", encoder_dir, tmp_path / "a", shipped_tasks("sentiment"), epochs=1
+    )
+    FinetuneTrainer(load_config(FinetuneConfig, first, [])).train()
+    checkpoint = sorted((tmp_path / "a" / "checkpoints").iterdir())[-1]
+    tasks = shipped_tasks("sentiment", "wiki_pairs")
+    second = write_config(
+        tmp_path / "b.yaml", encoder_dir, tmp_path / "b", tasks, epochs=2, sharing="mmoe"
+    )
+    with pytest.raises(ValueError, match="weights do not fit"):
+        FinetuneTrainer(load_config(FinetuneConfig, second, []), resume=str(checkpoint))
+    second = write_config(tmp_path / "b.yaml", encoder_dir, tmp_path / "b", tasks, epochs=2)
+    trainer = FinetuneTrainer(load_config(FinetuneConfig, second, []), resume=str(checkpoint))
+    from safetensors.torch import load_file
+
+    saved = load_file(str(checkpoint / "model.safetensors"))
+    state = trainer.unwrapped.state_dict()
+    for key, value in saved.items():
+        assert torch.equal(state[key], value), key
+    assert trainer.step == json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+    trainer.train()
+    assert "wiki_pairs" in json.loads((tmp_path / "b" / "metrics.json").read_text())
+
+
+def test_dry_run_prints_the_tasks(encoder_dir, tmp_path, capsys):
+    config = write_config(
+        tmp_path / "c.yaml", encoder_dir, tmp_path / "run", shipped_tasks("wnut16", "sentiment")
+    )
+    assert main(["finetune", "--config", str(config), "--dry-run", "lr=3e-5"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 3.0e-05" in out
+    assert "wnut16" in out and "token_classification" in out and "entity_f1" in out
     assert not (tmp_path / "run").exists()

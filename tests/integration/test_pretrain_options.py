@@ -4,8 +4,10 @@ pretraining from an exported release."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
+import torch
 from pretrain_helpers import child_env, pretrain_cmd, step_losses, write_config
 
 from ernie_style.checkpoint import list_checkpoints
@@ -66,3 +68,46 @@ def test_continue_pretraining_from_a_release(small_corpus, tmp_path):
     losses = step_losses(tmp_path / "second")
     assert min(s for s, _ in losses) == 26  # the release's schedule history is kept
     assert "token_document_relation" in {t for _, t in losses}
+
+
+def test_uncertainty_balancing_resumes_exactly(small_corpus, tmp_path):
+    config = write_config(
+        tmp_path / "a.yaml", small_corpus, tmp_path / "a", balancing="uncertainty"
+    )
+    run(pretrain_cmd(config))
+    full = step_losses(tmp_path / "a")
+    checkpoint = tmp_path / "a" / "checkpoints" / "step-00000010"
+    assert (checkpoint / "balancer.pt").is_file()
+    saved = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    assert any(name.startswith("balancer.log_variances") for name in saved["state"])
+    shutil.copytree(checkpoint, tmp_path / "b" / "checkpoints" / checkpoint.name)
+    config_b = write_config(
+        tmp_path / "b.yaml", small_corpus, tmp_path / "b", balancing="uncertainty"
+    )
+    run(pretrain_cmd(config_b, "--resume", "auto"))
+    resumed = step_losses(tmp_path / "b")
+    assert min(step for step, _ in resumed) == 10
+    for key, value in resumed.items():
+        assert abs(value - full[key]) <= 1e-6, key
+
+
+def test_gradnorm_balances_mixed_batches(small_corpus, tmp_path):
+    config = write_config(
+        tmp_path / "g.yaml",
+        small_corpus,
+        tmp_path / "run",
+        schedule={"mixed_batches": True, "tasks_per_step": 2},
+        balancing="gradnorm",
+    )
+    run(pretrain_cmd(config))
+    checkpoint = list_checkpoints(tmp_path / "run" / "checkpoints")[0]
+    state = torch.load(checkpoint / "balancer.pt", weights_only=True)
+    from ernie_style.balancing import build_balancer
+
+    balancer = build_balancer(
+        "gradnorm", ["knowledge_masking", "capitalization", "sentence_distance"]
+    )
+    balancer.load_state_dict(state)
+    weights = balancer.weights()
+    assert abs(sum(weights.values()) - 3.0) < 1e-4
+    assert len({round(w, 4) for w in weights.values()}) > 1  # GradNorm moved them apart
