@@ -84,5 +84,5 @@ def test_float_keys_accept_exponents_without_a_dot(tmp_path):
         PretrainConfig, None, ["data.corpus=x", "optim.lr=3e-5", "tasks.capitalization.budget=5"]
     )
     assert config.optim.lr == 3e-5
-    with pytest.raises(ValueError, match="optim.lr.*must be float"):
+    with pytest.raises(ValueError, match=r"optim\.lr.*must be float"):
         load_config(PretrainConfig, None, ["data.corpus=x", "optim.lr=fast"])
