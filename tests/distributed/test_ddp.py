@@ -31,13 +31,18 @@ def run(cmd):
 
 
 def test_two_process_ddp_trains_and_checkpoints(small_corpus, tmp_path):
-    config = write_config(tmp_path / "ddp.yaml", small_corpus, tmp_path / "run")
+    # Uncertainty weighting: its log-variances are averaged over the two processes.
+    config = write_config(
+        tmp_path / "ddp.yaml", small_corpus, tmp_path / "run", balancing="uncertainty"
+    )
     run(accelerate_cmd(config))
     checkpoints = list_checkpoints(tmp_path / "run" / "checkpoints")
     assert checkpoints[0].name == "step-00000026"
     assert all(verify(c) is None for c in checkpoints)
     state = json.loads((checkpoints[0] / "trainer_state.json").read_text())
     assert state["num_processes"] == 2 and state["schedule"]["stage"] == 3
+    balancer = torch.load(checkpoints[0] / "balancer.pt", weights_only=True)
+    assert any(key.startswith("log_variances") for key in balancer)
     losses = step_losses(tmp_path / "run")
     assert len({s for s, _ in losses}) == 26
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
