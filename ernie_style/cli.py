@@ -10,7 +10,18 @@ from collections.abc import Sequence
 from ernie_style import __version__
 
 #: Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("tasks", "prepare", "examples", "pretrain", "export", "finetune", "evaluate")
+COMMANDS = (
+    "tasks",
+    "prepare",
+    "examples",
+    "pretrain",
+    "export",
+    "finetune",
+    "evaluate",
+    "select",
+    "ingest",
+    "al-simulate",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ernie-style {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        module = importlib.import_module(f"ernie_style.commands.{name}")
+        module = importlib.import_module(f"ernie_style.commands.{name.replace('-', '_')}")
         module.register(subparsers)
     return parser
 

@@ -1,0 +1,473 @@
+"""The annotation loop: select a batch from the pool, ingest the annotated batch.
+
+**Annotation batch** (JSONL, one selected example per line, in selection order): the pool
+record's fields (id, words or texts), then
+
+* `labels`: `{task: label}`, pre-filled with the model's predictions; annotators correct these;
+* `predictions`: `{task: prediction}`, the model's, untouched (absent without a model);
+* `confidence`: `{task: float}`, the confidence the selection used (lower = harder);
+* `selection`: `{batch, rank, strategy, method, passes, budget, seed, weights, task, tasks,
+  model, pool}`, how the batch was made (`batch` is a content hash identifying it).
+
+Label formats per task type: a tag list as long as the words (token tasks), a label name
+(classification types), a number (regression), the index of the relevant candidate or one grade
+per candidate (ranking).
+
+**Labeled set** (`LABELED_DIR/TASK.jsonl`): one JSON line per example, `id`, the task's input
+fields (`text_fields`; token tasks the words field; ranking `query_field`, `candidates_field`)
+and its `label_field`, so a fine-tuning config can name the file as a task's `train` data.
+
+**Loop state** (`LABELED_DIR/loop_state.json`): `{"version": 1, "labeled": {task: count},
+"rounds": [...]}`; a round is one selected batch: `round` (1, 2, ...), `batch`,
+`selected_at`, `strategy`, `method`, `passes`, `budget`, `seed`, `weights`, `task`, `tasks`,
+`model`, `pool`, `selected` (ids in selection order), `ingested` (`{task: [ids added]}`),
+`ingested_at` and `batch_files`. `select --labeled` records the round; `ingest` fills it in
+(or creates it from the lines' `selection`). Every file is written atomically (temp + rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ernie_style.active_learning.pool import (
+    ID_FIELD,
+    Pool,
+    PoolRecord,
+    TaskSpec,
+    format_errors,
+    normalize_label,
+    parse_words,
+    read_pool,
+    record_id,
+    write_pool_without,
+)
+from ernie_style.finetune.evaluation import atomic_write
+from ernie_style.finetune.readers import DataError, read_records
+
+STATE_FILE = "loop_state.json"
+STATE_VERSION = 1
+#: How a round was selected (every round of the loop state has these keys; None if unknown).
+ROUND_KEYS = (
+    "strategy", "method", "passes", "budget", "seed", "weights", "task", "tasks", "model", "pool"
+)  # fmt: skip
+#: Keys the loop adds to a batch line (a pool must not use them as fields).
+BATCH_KEYS = ("labels", "predictions", "confidence", "selection")
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def batch_id(ids: Sequence[str], settings: Mapping[str, Any]) -> str:
+    """A short content hash of a batch: its ids (in order) and how it was selected."""
+    key = json.dumps({"ids": list(ids), "settings": dict(settings)}, sort_keys=True, default=str)
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+# ---- the labeled set ----------------------------------------------------------------------
+def labeled_path(labeled_dir: str | Path, task: str) -> Path:
+    """Where the labeled examples of `task` live."""
+    return Path(labeled_dir) / f"{task}.jsonl"
+
+
+def labeled_ids(labeled_dir: str | Path, tasks: Iterable[str]) -> set[str]:
+    """Ids labelled for any of `tasks` (their labeled files that exist)."""
+    ids: set[str] = set()
+    for task in tasks:
+        path = labeled_path(labeled_dir, task)
+        if path.is_file():
+            ids |= {record_id(r[ID_FIELD]) or "" for _, r in read_records(path, [ID_FIELD])}
+    return ids - {""}
+
+
+def read_labeled(labeled_dir: str | Path, spec: TaskSpec) -> dict[str, tuple[str, Any]]:
+    """Map id -> (FILE:LINE, normalised label) of a task's labeled file (empty if absent)."""
+    path = labeled_path(labeled_dir, spec.name)
+    if not path.is_file():
+        return {}
+    out: dict[str, tuple[str, Any]] = {}
+    errors = []
+    for where, record in read_records(path, [ID_FIELD, spec.label_field, *spec.fields]):
+        key = record_id(record[ID_FIELD])
+        try:
+            if key is None:
+                raise DataError(f"missing or empty {ID_FIELD!r}")
+            size = _size(spec, record)
+            label = normalize_label(spec, record[spec.label_field], size)
+        except DataError as error:
+            errors.append(f"{where}: {error}")
+            continue
+        if key in out and out[key][1] != label:
+            errors.append(f"{where}: id {key!r} labelled differently at {out[key][0]}")
+        out.setdefault(key, (where, label))
+    if errors:
+        raise DataError(format_errors(errors))
+    return out
+
+
+def _size(spec: TaskSpec, fields: Mapping[str, Any]) -> int | None:
+    """Words (token tasks) or candidates (ranking) of a record, for checking its label."""
+    name = spec.sized_field
+    return None if name is None else len(parse_words("", name, fields[name]))
+
+
+# ---- selection ----------------------------------------------------------------------------
+@dataclass
+class Selection:
+    """How a batch is chosen (recorded in every batch line and in the loop state)."""
+
+    strategy: str
+    budget: int
+    tasks: list[str]
+    method: str | None = None
+    passes: int | None = None
+    seed: int = 0
+    weights: list[float] | None = None
+    task: str | None = None
+    model: str | None = None
+    pool: str | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The fields as a dict (JSON-ready)."""
+        return dict(self.__dict__)
+
+    def check(self) -> None:
+        """Refuse an unknown strategy, a budget <= 0, bad weights or `task` (before scoring)."""
+        from ernie_style.active_learning.selection import STRATEGIES
+
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"--strategy: unknown {self.strategy!r}; choose one of {', '.join(STRATEGIES)}"
+            )
+        if self.budget <= 0:
+            raise ValueError(f"--budget must be > 0, got {self.budget}")
+        if self.weights is not None and len(self.weights) != len(self.tasks):
+            raise ValueError(
+                f"--weights: {len(self.weights)} weights for {len(self.tasks)} tasks {self.tasks}"
+            )
+        if self.task is not None and self.task not in self.tasks:
+            raise ValueError(f"--task {self.task!r} is not one of the tasks {self.tasks}")
+
+
+def select_indices(
+    confidences: np.ndarray, candidates: Sequence[int], selection: Selection
+) -> list[int]:
+    """Pool row indices chosen among `candidates` (rows of `confidences` [n, T]), in selection
+    order; a budget above the number of candidates selects them all."""
+    from ernie_style.active_learning.selection import select
+
+    selection.check()
+    if not candidates:
+        raise ValueError("the pool has no unlabelled examples left to select from")
+    rows = np.asarray(candidates, dtype=np.int64)
+    task = selection.tasks.index(selection.task) if selection.task else 0
+    chosen = select(
+        confidences[rows],
+        min(selection.budget, len(rows)),
+        selection.strategy,
+        weights=selection.weights,
+        seed=selection.seed,
+        task=task,
+    )
+    return [int(rows[i]) for i in np.asarray(chosen).reshape(-1)]
+
+
+def batch_lines(
+    pool: Pool,
+    indices: Sequence[int],
+    selection: Selection,
+    confidences: np.ndarray,
+    predictions: Mapping[str, Sequence[Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """The annotation batch's lines for pool rows `indices` (see the module docstring);
+    `predictions[task][i]` belongs to pool row `indices[i]`."""
+    ids = [pool.records[i].id for i in indices]
+    meta = {"batch": batch_id(ids, selection.settings()), **selection.settings()}
+    lines = []
+    for rank, row in enumerate(indices):
+        record = pool.records[row]
+        clash = [k for k in BATCH_KEYS if k in record.fields]
+        if clash:
+            raise DataError(f"{record.where}: field(s) {clash} are reserved for the batch file")
+        line = dict(record.fields) | {ID_FIELD: record.id}
+        guesses = {t: predictions[t][rank] for t in selection.tasks} if predictions else {}
+        line["labels"] = {t: guesses.get(t) for t in selection.tasks}
+        if predictions:
+            line["predictions"] = guesses
+        line["confidence"] = {t: float(confidences[row, j]) for j, t in enumerate(selection.tasks)}
+        line["selection"] = {**meta, "rank": rank}
+        lines.append(line)
+    return lines
+
+
+def write_jsonl(path: str | Path, lines: Iterable[Mapping[str, Any]]) -> None:
+    """Write JSON lines atomically (UTF-8, non-ASCII kept)."""
+    text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    atomic_write(Path(path), text)
+
+
+# ---- the loop state -----------------------------------------------------------------------
+def load_state(labeled_dir: str | Path) -> dict[str, Any]:
+    """The loop state of a labeled directory (a fresh one if there is none yet)."""
+    path = Path(labeled_dir) / STATE_FILE
+    if not path.is_file():
+        return {"version": STATE_VERSION, "labeled": {}, "rounds": []}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON: {error}") from error
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise ValueError(f"{path}: not a version-{STATE_VERSION} loop state")
+    return state
+
+
+def save_state(labeled_dir: str | Path, state: Mapping[str, Any]) -> None:
+    """Write the loop state atomically."""
+    atomic_write(Path(labeled_dir) / STATE_FILE, json.dumps(state, indent=2) + "\n")
+
+
+def _find_round(state: dict[str, Any], batch: str) -> dict[str, Any] | None:
+    return next((r for r in state["rounds"] if r["batch"] == batch), None)
+
+
+def new_round(
+    state: dict[str, Any], meta: Mapping[str, Any], ids: Sequence[str], selected_now: bool = True
+) -> dict[str, Any]:
+    """Append a round for a selected batch (`meta`: a line's `selection`); returns it.
+    `selected_now`: False when the round is first seen at ingest (`selected_at` unknown)."""
+    entry = {
+        "round": len(state["rounds"]) + 1,
+        "batch": meta["batch"],
+        "selected_at": now() if selected_now else None,
+    }
+    entry |= {key: meta.get(key) for key in ROUND_KEYS}
+    entry |= {"selected": list(ids), "ingested": {}, "ingested_at": None, "batch_files": []}
+    state["rounds"].append(entry)
+    return entry
+
+
+def record_selection(labeled_dir: str | Path, lines: Sequence[Mapping[str, Any]]) -> int:
+    """Record a written batch as a round of the loop state; returns its round number."""
+    state = load_state(labeled_dir)
+    meta = lines[0]["selection"]
+    entry = _find_round(state, meta["batch"])
+    if entry is None:
+        entry = new_round(state, meta, [line[ID_FIELD] for line in lines])
+        save_state(labeled_dir, state)
+    return int(entry["round"])
+
+
+# ---- ingest -------------------------------------------------------------------------------
+@dataclass
+class BatchItem:
+    """One validated batch line: where, id, input fields, normalised labels, selection."""
+
+    where: str
+    id: str
+    fields: dict[str, Any]
+    labels: dict[str, Any]
+    selection: dict[str, Any] | None = None
+
+
+@dataclass
+class IngestReport:
+    """What an ingest changed."""
+
+    added: dict[str, int] = field(default_factory=dict)
+    already_labeled: int = 0
+    removed_from_pool: int = 0
+    rounds: list[int] = field(default_factory=list)
+
+
+def _inputs(spec: TaskSpec, line: Mapping[str, Any], pool: PoolRecord | None) -> dict[str, Any]:
+    """A task's input fields from the line (else the pool record); word lists parsed."""
+    out = {}
+    for name in spec.fields:
+        if name in line:
+            out[name] = line[name]
+        elif pool is not None and name in pool.fields:
+            out[name] = pool.fields[name]
+        else:
+            raise DataError(f"no field {name!r}")
+    if spec.sized_field is not None:
+        out[spec.sized_field] = parse_words("", spec.sized_field, out[spec.sized_field])
+    return out
+
+
+def _check_line(
+    where: str, line: Any, specs: Mapping[str, TaskSpec], pool: dict[str, PoolRecord] | None
+) -> BatchItem:
+    if not isinstance(line, dict):
+        raise DataError(f"expected a JSON object, got {type(line).__name__}")
+    key = record_id(line.get(ID_FIELD))
+    if key is None:
+        raise DataError(f"missing or empty {ID_FIELD!r}")
+    labels = line.get("labels")
+    if not isinstance(labels, dict):
+        raise DataError("no 'labels' object ({task: label})")
+    fields: dict[str, Any] = {}
+    normal, problems = {}, []
+    for name, spec in specs.items():
+        try:
+            inputs = _inputs(spec, line, pool.get(key) if pool else None)
+            fields |= inputs
+            normal[name] = normalize_label(spec, labels.get(name), _size(spec, inputs))
+        except DataError as error:
+            problems.append(f"task {name!r}: {error}")
+    if problems:
+        raise DataError("; ".join(problems))
+    selection = line.get("selection") if isinstance(line.get("selection"), dict) else None
+    return BatchItem(where, key, fields, normal, selection)
+
+
+def read_batch(
+    path: str | Path, specs: Mapping[str, TaskSpec], pool: Pool | None = None
+) -> list[BatchItem]:
+    """Validated items of an annotated batch; ALL bad lines are reported (FILE:LINE) in one
+    `DataError`, so nothing is ingested from a file with any bad line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--batch {path}: no such file")
+    by_id = {r.id: r for r in pool.records} if pool is not None else None
+    items, errors, seen = [], [], {}
+    text = path.read_text(encoding="utf-8-sig")
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            item = _check_line(where, json.loads(raw), specs, by_id)
+        except json.JSONDecodeError as error:
+            errors.append(f"{where}: invalid JSON: {error.msg} (column {error.colno})")
+            continue
+        except DataError as error:
+            errors.append(f"{where}: {error}")
+            continue
+        first = seen.get(item.id)
+        if first is not None and first.labels != item.labels:
+            errors.append(f"{where}: id {item.id!r} labelled differently at {first.where}")
+        elif first is None:
+            seen[item.id] = item
+            items.append(item)
+    if errors:
+        header = f"{len(errors)} bad line(s) in {path}; nothing was ingested:"
+        raise DataError("\n".join([header, *errors]))
+    if not items:
+        raise DataError(f"{path}: no annotated examples")
+    return items
+
+
+def _conflicts(
+    items: Sequence[BatchItem], existing: Mapping[str, dict[str, tuple[str, Any]]]
+) -> list[str]:
+    errors = []
+    for item in items:
+        for task, label in item.labels.items():
+            old = existing[task].get(item.id)
+            if old is not None and old[1] != label:
+                errors.append(
+                    f"{item.where}: id {item.id!r} task {task!r}: label differs from the one "
+                    f"already in the labeled set ({old[0]})"
+                )
+    return errors
+
+
+def ingest(
+    batch: str | Path,
+    labeled_dir: str | Path,
+    specs: Mapping[str, TaskSpec],
+    pool_path: str | Path | None = None,
+) -> IngestReport:
+    """Validate an annotated batch and merge it into the labeled set (idempotent), remove its
+    ids from the pool file and record the round(s) in the loop state. Relabelling an id with a
+    different label is an error; nothing is written unless every line is good."""
+    labeled_dir = Path(labeled_dir)
+    pool = read_pool(pool_path) if pool_path is not None else None
+    items = read_batch(batch, specs, pool)
+    existing = {name: read_labeled(labeled_dir, spec) for name, spec in specs.items()}
+    errors = _conflicts(items, existing)
+    if pool is not None:
+        in_pool = set(pool.ids)
+        errors += [
+            f"{i.where}: id {i.id!r} is neither in the pool {pool.path} nor labelled"
+            for i in items
+            if i.id not in in_pool and not all(i.id in existing[t] for t in specs)
+        ]
+    if errors:
+        raise DataError(format_errors(errors))
+    report = IngestReport()
+    added: dict[str, list[str]] = {}
+    for name, spec in specs.items():
+        new = [i for i in items if i.id not in existing[name]]
+        added[name] = [i.id for i in new]
+        report.added[name] = len(new)
+        if new:
+            _append_labeled(labeled_dir, spec, new)
+    report.already_labeled = sum(all(i.id in existing[t] for t in specs) for i in items)
+    if pool_path is not None:
+        report.removed_from_pool = write_pool_without(pool_path, [i.id for i in items])
+    _update_state(labeled_dir, items, specs, added, existing, Path(batch), report)
+    return report
+
+
+def _append_labeled(labeled_dir: Path, spec: TaskSpec, items: Sequence[BatchItem]) -> None:
+    path = labeled_path(labeled_dir, spec.name)
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if text and not text.endswith("\n"):
+        text += "\n"
+    for item in items:
+        record = {ID_FIELD: item.id} | {f: item.fields[f] for f in spec.fields}
+        record[spec.label_field] = item.labels[spec.name]
+        text += json.dumps(record, ensure_ascii=False) + "\n"
+    atomic_write(path, text)
+
+
+def _update_state(
+    labeled_dir: Path,
+    items: Sequence[BatchItem],
+    specs: Mapping[str, TaskSpec],
+    added: Mapping[str, list[str]],
+    existing: Mapping[str, Mapping[str, Any]],
+    batch: Path,
+    report: IngestReport,
+) -> None:
+    if not any(added.values()):
+        return
+    state = load_state(labeled_dir)
+    groups: dict[str, list[BatchItem]] = {}
+    metas: dict[str, Mapping[str, Any]] = {}
+    for item in items:
+        meta = item.selection
+        if meta is None or "batch" not in meta:
+            meta = {"batch": "manual-" + batch_id([i.id for i in items], {})}
+        groups.setdefault(meta["batch"], []).append(item)
+        metas.setdefault(meta["batch"], meta)
+    stamp = now()
+    for key, group in groups.items():
+        entry = _find_round(state, key)
+        if entry is None:
+            entry = new_round(state, metas[key], [i.id for i in group], selected_now=False)
+        new_ids = {i.id for i in group}
+        changed = False
+        for task, ids in added.items():
+            mine = [x for x in ids if x in new_ids]
+            if mine:
+                entry["ingested"].setdefault(task, []).extend(mine)
+                changed = True
+        if changed:
+            entry["ingested_at"] = stamp
+            if str(batch) not in entry["batch_files"]:
+                entry["batch_files"].append(str(batch))
+        report.rounds.append(int(entry["round"]))
+    for task in specs:
+        state["labeled"][task] = len(existing[task]) + len(added[task])
+    save_state(labeled_dir, state)
