@@ -44,6 +44,8 @@ bench: $(STAMP)
 	$(PY) bench/example_throughput.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/finetune_throughput.py
+	$(PY) bench/al_select.py
+	$(PY) bench/al_scoring.py
 
 clean:
 	rm -rf runs .pytest_cache
