@@ -98,3 +98,17 @@ def test_unknown_strategy_and_missing_oracle_labels_are_refused(simulation, caps
     (simulation / "data" / "oracle" / "pos.jsonl").write_text("")
     assert main(["al-simulate", "--config", config]) == 2
     assert "has no label for pool ids" in capsys.readouterr().err
+
+
+def test_shipped_simulation_config_is_valid():
+    from ernie_style.active_learning.simulate import SimulationConfig
+    from ernie_style.config import load_config
+    from ernie_style.finetune.config import FinetuneConfig
+
+    config = load_config(
+        SimulationConfig, ROOT / "configs" / "active_learning" / "simulate_wnut16.yaml", []
+    )
+    assert set(config.strategies) >= {"random", "mt-par", "mt-rrf"}
+    finetune = load_config(FinetuneConfig, ROOT / config.finetune, config.finetune_overrides)
+    assert [t.name for t in finetune.tasks] == ["ner", "pos"]
+    assert (ROOT / config.pool).is_file() and (ROOT / config.oracle / "pos.jsonl").is_file()
