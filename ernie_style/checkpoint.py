@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +210,21 @@ def load_optimizer_state_by_name(
         }
         restored.append(name)
     return sorted(set(params) - set(restored))
+
+
+def resolve_resume(
+    resume: str | None, root: Path, report: Callable[[str], None], kind: str = "checkpoint"
+) -> Path | None:
+    """The directory `--resume` names: None (fresh run), `auto` (the newest complete
+    checkpoint under `root`; `report` says when there is none) or an existing directory."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = find_resumable(root)
+        if found is None:
+            report("no complete checkpoint to resume from; starting fresh")
+        return found
+    path = Path(resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume {resume}: no such {kind} directory")
+    return path

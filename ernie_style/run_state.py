@@ -161,20 +161,24 @@ def _build_backbone(config: PretrainConfig, tokenizer: Any) -> ErnieModel:
     return ErnieModel(backbone_config)
 
 
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: weight decay on weight matrices, none on biases and LayerNorm."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.dim() < 2 else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
 def build_optimizer(
     model: torch.nn.Module, config: PretrainConfig, fused: bool = False
 ) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices only (not biases, LayerNorm, embeddings'
     LayerNorm); `fused` uses torch's single-kernel implementation."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.dim() < 2 else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": config.optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    groups = decay_groups(model, config.optim.weight_decay)
     o = config.optim
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)
 

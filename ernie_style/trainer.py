@@ -21,7 +21,7 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from tqdm import tqdm
 
 from ernie_style.balancing import LossBalancer, build_balancer
-from ernie_style.checkpoint import find_resumable
+from ernie_style.checkpoint import resolve_resume
 from ernie_style.config import dump_yaml
 from ernie_style.deepspeed_support import (
     fill_auto,
@@ -93,7 +93,9 @@ class PretrainTrainer:
             fused_optimizer=not uses_deepspeed(self.accelerator, config),
         )
         self.state.balancer = self._build_balancer(config)
-        checkpoint = self._resolve_resume(resume)
+        checkpoint = resolve_resume(
+            resume, self.run_dir / "checkpoints", self._print, "checkpoint or release"
+        )
         if checkpoint is not None and (checkpoint / RELEASE_MARKER).is_file():
             load_release(self.state, checkpoint)
             self._print(f"continuing from release {checkpoint} at step {self.state.schedule.step}")
@@ -181,19 +183,6 @@ class PretrainTrainer:
             engine = deepspeed_initialize(state.model, state.optimizer, ds_config)
             return engine, engine.optimizer
         return accel.prepare(state.model, state.optimizer)
-
-    def _resolve_resume(self, resume: str | None) -> Path | None:
-        if resume is None:
-            return None
-        if resume == "auto":
-            found = find_resumable(self.run_dir / "checkpoints")
-            if found is None:
-                self._print("no complete checkpoint to resume from; starting fresh")
-            return found
-        path = Path(resume)
-        if not path.is_dir():
-            raise FileNotFoundError(f"--resume {resume}: no such checkpoint or release directory")
-        return path
 
     def _print(self, message: str) -> None:
         if self.accelerator.is_main_process:

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ernie_style.balancing import LossBalancer, build_balancer
+from ernie_style.checkpoint import resolve_resume
 from ernie_style.config import dump_yaml
 from ernie_style.cpu_kernels import use_cpu_kernels
 from ernie_style.finetune.config import FinetuneConfig
@@ -43,6 +44,7 @@ from ernie_style.finetune.state import (
 )
 from ernie_style.lr import lr_factor
 from ernie_style.monitor import RunLogger
+from ernie_style.run_state import decay_groups
 from ernie_style.step import StepRunner
 from ernie_style.trainer import make_accelerator, step_seed
 
@@ -94,7 +96,7 @@ class FinetuneTrainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"score": None, "step": None}
-        checkpoint = self._resolve_resume(resume)
+        checkpoint = resolve_resume(resume, self.run_dir / "checkpoints", self._print)
         if checkpoint is not None:
             load_finetune_checkpoint(self, checkpoint)
             self._print(f"resumed from {checkpoint} at step {self.step}")
@@ -124,21 +126,6 @@ class FinetuneTrainer:
         if self.config.balancing == "fixed" and "weights" not in options:
             options["weights"] = {t.name: t.loss_weight for t in self.config.tasks}
         return options
-
-    def _resolve_resume(self, resume: str | None) -> Path | None:
-        from ernie_style.checkpoint import find_resumable
-
-        if resume is None:
-            return None
-        if resume == "auto":
-            found = find_resumable(self.run_dir / "checkpoints")
-            if found is None:
-                self._print("no complete checkpoint to resume from; starting fresh")
-            return found
-        path = Path(resume)
-        if not path.is_dir():
-            raise FileNotFoundError(f"--resume {resume}: no such checkpoint directory")
-        return path
 
     def _print(self, message: str) -> None:
         if self.accelerator.is_main_process:
@@ -328,14 +315,8 @@ def build_finetune_optimizer(
     model: torch.nn.Module, balancer: LossBalancer, config: FinetuneConfig
 ) -> torch.optim.AdamW:
     """AdamW: weight decay on weight matrices only; the balancer's parameters undecayed."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.dim() < 2 else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay + list(balancer.parameters()), "weight_decay": 0.0},
-    ]
+    groups = decay_groups(model, config.weight_decay)
+    groups[1]["params"] += list(balancer.parameters())
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-6)
 
 
