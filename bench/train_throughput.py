@@ -158,11 +158,12 @@ def encoder_params(backbone: torch.nn.Module) -> int:
 
 def computed_positions(model: Any, batch: dict) -> int:
     """Positions the encoder computes for a batch: its padded size, or the packed rows'."""
-    from ernie_style.packing import pack_batch
+    from ernie_style.packing import plan_packing
 
-    if not model.pack_sequences:
+    plan = plan_packing(batch["attention_mask"]) if model.pack_sequences else None
+    if plan is None or not plan.worthwhile:
         return batch["attention_mask"].numel()
-    return pack_batch(batch).inputs["input_ids"].numel()
+    return len(plan.rows) * plan.packed_width
 
 
 def ours_step_flops(model: Any, batches: dict[str, list[dict]]) -> tuple[float, int, int]:

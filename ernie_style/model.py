@@ -14,7 +14,7 @@ from transformers import ErnieConfig, ErnieModel
 
 from ernie_style.cpu_kernels import use_fast_dropout, uses_additive_mask, uses_fast_dropout
 from ernie_style.examples import MAX_SEGMENTS
-from ernie_style.packing import pack_batch
+from ernie_style.packing import pack_batch, plan_packing
 from ernie_style.registry import PretrainTask
 
 #: Encoder sizes (ERNIE/BERT conventions: intermediate = 4 x hidden, head size 64 from small up).
@@ -117,22 +117,25 @@ class ErniePretrainingModel(nn.Module):
     def encode(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone sequence output [B, T, H] and pooled output [B, H].
 
-        With `pack_sequences`, short examples share encoder rows (see `ernie_style.packing`);
-        the outputs have the padded layout either way.
+        With `pack_sequences`, short examples share encoder rows when that saves work (see
+        `ernie_style.packing`); the outputs have the padded layout either way. The pooler is
+        applied to the padded-layout output on both paths, after the backbone (whose own pooler
+        output is unused), so every batch runs the same modules in the same order whatever its
+        data, which DeepSpeed ZeRO-3's parameter gathering requires across processes.
         """
-        if self.pack_sequences:
+        plan = plan_packing(batch["attention_mask"]) if self.pack_sequences else None
+        if plan is not None and plan.worthwhile:
             additive = torch.float32 if uses_additive_mask(self.backbone) else None
-            packed = pack_batch(batch, additive_mask_dtype=additive)
-            hidden = self.backbone(**packed.inputs).last_hidden_state
-            sequence_output = packed.unpack(hidden)
-            return sequence_output, self.backbone.pooler(sequence_output)
-        out = self.backbone(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            token_type_ids=batch["token_type_ids"],
-            task_type_ids=batch["task_type_ids"],
-        )
-        return out.last_hidden_state, out.pooler_output
+            packed = pack_batch(batch, additive_mask_dtype=additive, plan=plan)
+            sequence_output = packed.unpack(self.backbone(**packed.inputs).last_hidden_state)
+        else:
+            sequence_output = self.backbone(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                token_type_ids=batch["token_type_ids"],
+                task_type_ids=batch["task_type_ids"],
+            ).last_hidden_state
+        return sequence_output, self.backbone.pooler(sequence_output)
 
     def forward(
         self, batch: Mapping[str, Any] | list[Mapping[str, Any]]

@@ -7,6 +7,10 @@ own position ids (0, 1, ...) and a block-diagonal attention mask so no token att
 examples, and `PackedBatch.unpack` scatters the encoder output back to the `[batch, width,
 hidden]` layout the heads expect. The result equals the padded computation up to float
 rounding; only the padding work is gone.
+
+`plan_packing` decides first: a batch whose packed rows would not save at least
+`MIN_SAVING` of the padded positions (e.g. full-width document batches) is left padded, so it
+skips the gather/scatter and the block mask.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import torch
 
 #: Packed rows are padded to a multiple of this (tensor-core / SIMD friendly widths).
 WIDTH_MULTIPLE = 8
+#: Pack only when it removes at least this fraction of the padded batch's positions.
+MIN_SAVING = 0.10
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -44,6 +50,37 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
 
 
 @dataclass
+class PackingPlan:
+    """Which examples share which row, and the packed row width."""
+
+    rows: list[list[int]]
+    lengths: list[int]
+    width: int
+    packed_width: int
+
+    @property
+    def saving(self) -> float:
+        """Fraction of the padded batch's positions that packing removes."""
+        padded = len(self.lengths) * self.width
+        return 1.0 - len(self.rows) * self.packed_width / padded
+
+    @property
+    def worthwhile(self) -> bool:
+        """True when packing saves at least `MIN_SAVING` of the positions."""
+        return self.saving >= MIN_SAVING
+
+
+def plan_packing(attention_mask: torch.Tensor) -> PackingPlan:
+    """First-fit-decreasing rows for a `[batch, width]` padding mask."""
+    width = attention_mask.shape[1]
+    lengths = attention_mask.sum(1).tolist()
+    rows = pack_rows(lengths, width)
+    used = max(sum(lengths[i] for i in row) for row in rows)
+    packed_width = -(-used // WIDTH_MULTIPLE) * WIDTH_MULTIPLE
+    return PackingPlan(rows, lengths, width, packed_width)
+
+
+@dataclass
 class PackedBatch:
     """Backbone inputs for the packed rows plus the map back to the padded layout."""
 
@@ -60,21 +97,20 @@ class PackedBatch:
 
 
 def pack_batch(
-    batch: Mapping[str, Any], additive_mask_dtype: torch.dtype | None = None
+    batch: Mapping[str, Any],
+    additive_mask_dtype: torch.dtype | None = None,
+    plan: PackingPlan | None = None,
 ) -> PackedBatch:
     """Pack a padded batch (`input_ids`, `attention_mask`, `token_type_ids`, `task_type_ids`).
 
     The 4D mask is boolean (True = attend) for SDPA, or additive (0 / dtype min) in
-    `additive_mask_dtype` for eager attention. A batch that is already full is packed too (into
-    as many rows): every process then runs the same modules in the same order whatever its
-    data, which DeepSpeed ZeRO-3's parameter gathering requires.
+    `additive_mask_dtype` for eager attention. A full batch packs into as many rows as it had
+    (callers usually skip packing then; see `PackingPlan.worthwhile`).
     """
     attention_mask = batch["attention_mask"]
     batch_size, width = attention_mask.shape
-    lengths = attention_mask.sum(1).tolist()
-    rows = pack_rows(lengths, width)
-    used = max(sum(lengths[i] for i in row) for row in rows)
-    packed_width = -(-used // WIDTH_MULTIPLE) * WIDTH_MULTIPLE
+    plan = plan if plan is not None else plan_packing(attention_mask)
+    rows, lengths, packed_width = plan.rows, plan.lengths, plan.packed_width
     row_of = torch.empty(batch_size, dtype=torch.long)
     offset_of = torch.empty(batch_size, dtype=torch.long)
     for row, members in enumerate(rows):

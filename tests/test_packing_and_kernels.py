@@ -18,7 +18,7 @@ from ernie_style.cpu_kernels import (
     use_cpu_kernels,
 )
 from ernie_style.model import ErniePretrainingModel
-from ernie_style.packing import pack_batch, pack_rows
+from ernie_style.packing import MIN_SAVING, pack_batch, pack_rows, plan_packing
 
 
 @settings(max_examples=200, deadline=None)
@@ -87,6 +87,44 @@ def test_packing_gradients_match_the_padded_ones():
 def test_a_full_batch_keeps_one_example_per_row():
     packed = pack_batch(_random_batch([16, 15, 16], width=16))
     assert packed.inputs["input_ids"].shape == (3, 16)
+
+
+def test_packing_is_planned_only_where_it_saves_work():
+    assert not plan_packing(_random_batch([16, 15, 16], width=16)["attention_mask"]).worthwhile
+    plan = plan_packing(_random_batch([10, 4, 6, 3], width=16)["attention_mask"])
+    assert plan.worthwhile and plan.saving >= MIN_SAVING
+
+
+def _module_order(model: ErniePretrainingModel, batch: dict) -> list[str]:
+    order: list[str] = []
+    handles = [
+        module.register_forward_pre_hook(lambda m, a, name=name: order.append(name))
+        for name, module in model.named_modules()
+        if name
+    ]
+    with torch.no_grad():
+        model.encode(batch)
+    for handle in handles:
+        handle.remove()
+    return order
+
+
+def test_packed_and_padded_batches_run_the_same_modules_in_the_same_order():
+    """ZeRO-3 gathers parameters in module order: ranks must agree whatever their data."""
+    model = ErniePretrainingModel(tiny_backbone(vocab_size=50), {}, pack_sequences=True).eval()
+    full, short = _random_batch([16, 15, 16], width=16), _random_batch([10, 4, 6, 3], width=16)
+    assert _module_order(model, full) == _module_order(model, short)
+    assert _module_order(model, full).count("backbone.pooler") == 2
+
+
+def test_a_full_batch_skips_packing_and_equals_the_padded_encoding():
+    backbone = tiny_backbone(vocab_size=50)
+    batch = _random_batch([16, 15, 16], width=16)
+    with torch.no_grad():
+        packed = ErniePretrainingModel(backbone, {}, pack_sequences=True).eval().encode(batch)
+        padded = ErniePretrainingModel(backbone, {}, pack_sequences=False).eval().encode(batch)
+    torch.testing.assert_close(packed[0], padded[0], atol=0, rtol=0)
+    torch.testing.assert_close(packed[1], padded[1], atol=0, rtol=0)
 
 
 def test_cpu_attention_equals_stock_attention_in_eval():
