@@ -39,13 +39,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Reruns every benchmark and rewrites docs/benchmarks.md (+ docs/benchmarks.json).
 bench: $(STAMP)
-	$(PY) bench/prepare_throughput.py
-	$(PY) bench/example_throughput.py
-	$(PY) bench/train_throughput.py
-	$(PY) bench/finetune_throughput.py
-	$(PY) bench/al_select.py
-	$(PY) bench/al_scoring.py
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from _results import record
 from _timing import ForeignLoad
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,6 +123,13 @@ def main() -> None:
     print(f"(b) transformers inference (logits) {stock:8.1f} example-task pairs/s")
     verdict = "MET" if ours / stock >= 1.0 else "NOT MET"
     print(f"ratio (a)/(b): {ours / stock:.2f}x (target >= 1.0: {verdict})")
+    record(
+        "AL scoring pairs/s, score_pool / transformers inference",
+        ours / stock,
+        ">= 1.0",
+        ours / stock >= 1.0,
+        f"{ours:,.0f} vs {stock:,.0f} example-task pairs/s",
+    )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 import yaml
+from _results import record
 from _timing import ForeignLoad
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,10 +195,24 @@ def main() -> None:
     print(f"(b) transformers Trainer {stock:8.1f} examples/s")
     verdict = "MET" if ours / stock >= 1.0 else "NOT MET"
     print(f"ratio (a)/(b): {ours / stock:.2f}x (target >= 1.0: {verdict})")
+    record(
+        "fine-tuning examples/s, ours / transformers Trainer",
+        ours / stock,
+        ">= 1.0",
+        ours / stock >= 1.0,
+        f"{ours:,.1f} vs {stock:,.1f} examples/s",
+    )
     print(f"step time equal {equal_step * 1000:.1f} ms, gradnorm {gradnorm_step * 1000:.1f} ms")
     ratio = gradnorm_step / equal_step
     verdict = "MET" if ratio <= 1.5 else "NOT MET"
     print(f"ratio gradnorm/equal: {ratio:.2f}x (target <= 1.5: {verdict})")
+    record(
+        "fine-tuning step time, GradNorm / equal weights",
+        ratio,
+        "<= 1.5",
+        ratio <= 1.5,
+        f"{gradnorm_step * 1000:.1f} vs {equal_step * 1000:.1f} ms",
+    )
     print(f"benchmark wall time {time.perf_counter() - started:.0f}s")
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _results import record  # noqa: E402
+
 from ernie_style.prepare import PrepareConfig  # noqa: E402  (no torch, safe in spawned workers)
 
 
@@ -109,6 +111,9 @@ def main() -> None:
     print(f"prepare(1)/plain per line = {per_line:.2f}  (same spaCy inputs as prepare)")
     print(f"prepare(2)/prepare(1) = {two:.2f}  (target >= 1.60) {'ok' if two >= 1.6 else 'MISSED'}")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
+    record("prepare (1 process) / plain spaCy nlp.pipe", one, ">= 0.70", one >= 0.70)
+    record("prepare (1 process) / plain spaCy over the same lines", per_line, "reported", None)
+    record("prepare (2 processes) / prepare (1 process)", two, ">= 1.60", two >= 1.6)
 
 
 if __name__ == "__main__":
