@@ -12,6 +12,11 @@
 
 A directory without a valid manifest, or whose files do not match it, is skipped by
 `find_resumable` with a warning naming the file.
+
+Writes go through `writing_checkpoint`: if any of them fails (disk full, file too large,
+read-only or unwritable directory) the temp dir is removed, the checkpoints already in place are
+untouched, and the error becomes one `CheckpointWriteError` line naming the checkpoint, the cause
+and the newest checkpoint `--resume auto` will use.
 """
 
 from __future__ import annotations
@@ -19,13 +24,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 MANIFEST = "manifest.json"
@@ -90,6 +98,7 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 def find_resumable(root: Path) -> Path | None:
     """The newest complete, intact checkpoint; corrupt or partial ones are skipped, warned."""
+    recover_replaced(root)
     for candidate in list_checkpoints(root):
         problem = verify(candidate)
         if problem is None:
@@ -115,12 +124,25 @@ class CheckpointWriter:
         self.tmp.mkdir(parents=True)
 
     def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Write a safetensors file (contiguous CPU copies)."""
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, self.tmp / name)
+        """Write a safetensors file (contiguous CPU copies); I/O failures raise OSError."""
+        path = self.tmp / name
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path)
+        except SafetensorError as error:
+            raise _os_error_of(error, path) from error
 
     def save_torch(self, name: str, obj: Any) -> None:
-        """torch.save an object made of tensors and plain containers only."""
-        torch.save(obj, self.tmp / name)
+        """torch.save an object made of tensors and plain containers only; I/O failures raise
+        OSError (torch itself reports them as an opaque RuntimeError)."""
+        path = self.tmp / name
+        with path.open("wb") as f:
+            sink = _RecordingWriter(f)
+            try:
+                torch.save(obj, sink)
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                raise OSError(sink.error.errno, sink.error.strerror, str(path)) from sink.error
 
     def save_json(self, name: str, obj: Any) -> None:
         """Write JSON."""
@@ -139,7 +161,11 @@ class CheckpointWriter:
         if self.final.exists():
             trash = self.root / f".trash-{self.final.name}-{os.getpid()}"
             os.replace(self.final, trash)
-            os.replace(self.tmp, self.final)
+            try:
+                os.replace(self.tmp, self.final)
+            except OSError:
+                os.replace(trash, self.final)  # put the old copy back rather than leave none
+                raise
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(self.tmp, self.final)
@@ -150,13 +176,103 @@ class CheckpointWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the message is one line (path, cause, fallback)."""
+
+
+class _RecordingWriter:
+    """A file wrapper for torch.save that remembers the first OSError of a write."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _os_error_of(error: Exception, path: Path) -> Exception:
+    """The OSError behind a safetensors error ("... (os error 28)"), else `error` itself."""
+    found = re.search(r"os error (\d+)", str(error))
+    if found is None:
+        return error
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
+
+
+def _cause(error: OSError) -> str:
+    """The reason of an OSError: "No space left on device", "File too large"..."""
+    return error.strerror or str(error) or type(error).__name__
+
+
+def newest_committed(root: Path) -> Path | None:
+    """The newest checkpoint under `root` with a manifest (cheap: no checksums)."""
+    return next((p for p in list_checkpoints(root) if (p / MANIFEST).is_file()), None)
+
+
+def write_failure_message(final: Path, error: OSError) -> str:
+    """One line: which checkpoint failed, why, and which one `--resume auto` falls back to."""
+    previous = newest_committed(final.parent)
+    if previous is None:
+        fallback = "there is no earlier checkpoint to resume from"
+    else:
+        fallback = f"the previous checkpoint {previous.name} is intact (--resume auto uses it)"
+    return f"could not write checkpoint {final} ({_cause(error)}); {fallback}"
+
+
+@contextmanager
+def writing_checkpoint(root: Path, step: int) -> Iterator[CheckpointWriter]:
+    """A `CheckpointWriter` for `root/step-N` whose temp dir is removed if the body fails; an
+    OSError (disk full, file too large, read-only, permission denied) is re-raised as one
+    `CheckpointWriteError` line. The body calls `writer.commit(...)` itself."""
+    writer = None
+    try:
+        writer = CheckpointWriter(root, step)
+        yield writer
+    except OSError as error:
+        if writer is not None:
+            writer.abort()
+        if isinstance(error, CheckpointWriteError):
+            raise
+        message = write_failure_message(root / step_dir_name(step), error)
+        raise CheckpointWriteError(message) from error
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+
+
 def prune(root: Path, keep: int) -> None:
-    """Keep the newest `keep` checkpoints; also clear temp dirs left by killed writers."""
+    """Keep the newest `keep` checkpoints; also clear temp dirs left by killed writers, and
+    put back an older copy that a writer killed while replacing it had moved aside."""
     for stale in root.glob(".tmp-*"):
         if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
             shutil.rmtree(stale, ignore_errors=True)
+    recover_replaced(root)
     for old in list_checkpoints(root)[max(keep, 1) :]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_replaced(root: Path) -> None:
+    """A writer killed while replacing a checkpoint of the same step leaves the old copy in
+    `.trash-step-N-PID` and maybe no `step-N`: put it back (or drop it if `step-N` exists)."""
+    if not root.is_dir():
+        return
+    for moved in root.glob(".trash-*"):
+        if _pid_alive(moved.name.rsplit("-", 1)[-1]):
+            continue
+        original = root / moved.name.removeprefix(".trash-").rsplit("-", 1)[0]
+        if original.exists():
+            shutil.rmtree(moved, ignore_errors=True)
+        else:
+            os.replace(moved, original)
 
 
 def _pid_alive(pid: str) -> bool:

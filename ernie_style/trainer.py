@@ -32,6 +32,7 @@ from ernie_style.deepspeed_support import (
 from ernie_style.deepspeed_support import initialize as deepspeed_initialize
 from ernie_style.examples import collate
 from ernie_style.export import RELEASE_MARKER
+from ernie_style.fileio import atomic_write
 from ernie_style.lr import StageLR
 from ernie_style.monitor import RunLogger
 from ernie_style.pretrain_config import PretrainConfig
@@ -194,7 +195,7 @@ class PretrainTrainer:
         config, schedule = self.config, self.state.schedule
         if self.accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
+            atomic_write(self.run_dir / "config.yaml", dump_yaml(config))
         bar = tqdm(
             total=schedule.total_steps,
             initial=schedule.step,

@@ -90,3 +90,19 @@ def test_pickles_with_code_are_refused(tmp_path):
     with pytest.raises(Exception, match=r"Weights only load failed|Unsupported global"):
         load_torch(tmp_path / "evil.pt")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_copy_moved_aside_by_a_killed_replacing_writer_is_put_back(tmp_path):
+    from ernie_style.checkpoint import CheckpointWriter, find_resumable, recover_replaced
+
+    writer = CheckpointWriter(tmp_path, 4)
+    writer.save_text("a.txt", "old")
+    final = writer.commit()
+    dead_pid = 2**22 + 7  # above the default pid_max: no such process
+    os.replace(final, tmp_path / f".trash-{final.name}-{dead_pid}")
+    assert find_resumable(tmp_path) == final  # put back before the search
+    assert (final / "a.txt").read_text() == "old"
+    # With step-N present again, a leftover moved-aside copy is simply dropped.
+    (tmp_path / f".trash-{final.name}-{dead_pid}").mkdir()
+    recover_replaced(tmp_path)
+    assert not list(tmp_path.glob(".trash-*"))

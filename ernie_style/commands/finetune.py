@@ -36,10 +36,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"{task.name:24s} {task.type:22s} batch {size:4d}  metrics {task.metrics}")
         return 0
     from ernie_style.finetune.trainer import FinetuneTrainer
+    from ernie_style.run_lock import locked_run
 
-    trainer = FinetuneTrainer(config, resume=args.resume)
-    trainer.train()
-    if trainer.accelerator.is_main_process:
-        print(f"done: {trainer.total_steps} steps; results in {config.output_dir}")
-    trainer.accelerator.end_training()
+    # One run per output_dir (rank 0 holds the lock; a killed run's lock goes with it).
+    with locked_run(config.output_dir, "finetune", name_directory=True):
+        trainer = FinetuneTrainer(config, resume=args.resume)
+        trainer.train()
+        if trainer.accelerator.is_main_process:
+            print(f"done: {trainer.total_steps} steps; results in {config.output_dir}")
+        trainer.accelerator.end_training()
     return 0

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from ernie_style.active_learning.loop import ingest
     from ernie_style.active_learning.pool import TaskSpec
     from ernie_style.finetune.loading import task_labels
+    from ernie_style.run_lock import locked_run
 
     names = [x.strip() for x in args.tasks.split(",") if x.strip()]
     if not names:
@@ -80,7 +81,10 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         section = config.task(name)
         specs[name] = TaskSpec.of(section, config, task_labels(section, config.spacy_model))
-    report = ingest(args.batch, args.labeled, specs, args.pool)
+    if not args.batch.is_file():
+        raise FileNotFoundError(f"--batch {args.batch}: no such file")
+    with locked_run(args.labeled, "ingest", what="--labeled"):
+        report = ingest(args.batch, args.labeled, specs, args.pool)
     added = ", ".join(f"{task} +{n}" for task, n in report.added.items())
     rounds = ", ".join(map(str, sorted(set(report.rounds)))) or "none (nothing new)"
     print(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -91,8 +92,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Prepare the corpus (or reuse an up-to-date one) and print the summary."""
+    from ernie_style.corpus import check_output_dir
     from ernie_style.prepare import PrepareConfig, prepare_corpus
     from ernie_style.readers import FieldNames
+    from ernie_style.run_lock import locked_run
 
     # Warnings (bad input lines, --annotator none) go to stderr unless logging is configured.
     logging.basicConfig(level=logging.WARNING, format="ernie-style: %(levelname)s: %(message)s")
@@ -110,5 +113,14 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
-    prepare_corpus(args.input, args.output, config)
+    output = Path(args.output)
+    check_output_dir(output)  # refuses a bad --output, creates its parent for the lock file
+    with locked_run(output, "prepare", what="--output", path=prepare_lock_path(output)):
+        prepare_corpus(args.input, output, config)
     return 0
+
+
+def prepare_lock_path(output: Path) -> Path:
+    """The lock of a prepare output DIR: `.DIR.prepare.lock` beside it, since DIR itself is
+    built elsewhere and renamed into place (the lock must not end up inside the corpus)."""
+    return output.parent / f".{output.name}.prepare.lock"

@@ -38,11 +38,15 @@ def run(args: argparse.Namespace) -> int:
         print(dump_yaml(config))
         print(schedule.plan_table())
         return 0
+    from ernie_style.run_lock import locked_run
     from ernie_style.trainer import PretrainTrainer
 
-    trainer = PretrainTrainer(config, resume=args.resume)
-    run_dir = trainer.train()
-    if trainer.accelerator.is_main_process:
-        print(f"done: {schedule.total_steps} steps; run directory {run_dir}")
-    trainer.accelerator.end_training()
+    # One run per output_dir (rank 0 holds the lock; a killed run's lock goes with it).
+    with locked_run(config.output_dir, "pretrain", name_directory=True):
+        trainer = PretrainTrainer(config, resume=args.resume)
+        run_dir = trainer.train()
+        if trainer.accelerator.is_main_process:
+            steps = trainer.state.schedule.total_steps
+            print(f"done: {steps} steps; run directory {run_dir}")
+        trainer.accelerator.end_training()
     return 0

@@ -8,7 +8,6 @@ the word's first sub-token).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ernie_style.fileio import atomic_write
 from ernie_style.finetune.config import ENTITY_METRICS
 from ernie_style.finetune.data import IGNORE_INDEX, EncodedTask
 from ernie_style.finetune.metrics import compute_metrics
@@ -138,11 +138,3 @@ def metrics_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> s
             cells = [f"{values[c]:.4f}" if c in values else "" for c in columns]
             lines.append(f"| {task} | {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to a temp file next to `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
