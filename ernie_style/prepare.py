@@ -126,6 +126,9 @@ def prepare_corpus(
     settings = config.fingerprint_settings()
     fingerprint = corpus.compute_fingerprint(sources, settings)
     corpus.check_output_dir(output)
+    # Before the up-to-date check: a run killed right after installing its output leaves the
+    # previous copy in a `.prepare-old-` dir, and the next run may just reuse the output.
+    corpus.remove_stale_temp_dirs(output)
     existing = corpus.read_fingerprint(output)
     if existing and existing.get("fingerprint") == fingerprint:
         summary = corpus.load_summary(output)
@@ -136,7 +139,6 @@ def prepare_corpus(
             "--annotator none: no phrase or entity annotation; phrase/entity masking will fall "
             "back to word masking"
         )
-    corpus.remove_stale_temp_dirs(output)
     temp = corpus.new_temp_dir(output)
     try:
         summary = _build(sources, temp, config)

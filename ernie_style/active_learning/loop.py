@@ -22,13 +22,17 @@ and its `label_field`, so a fine-tuning config can name the file as a task's `tr
 `selected_at`, `strategy`, `method`, `passes`, `budget`, `seed`, `weights`, `task`, `tasks`,
 `model`, `pool`, `selected` (ids in selection order), `ingested` (`{task: [ids added]}`),
 `ingested_at` and `batch_files`. `select --labeled` records the round; `ingest` fills it in
-(or creates it from the lines' `selection`). Every file is written atomically (temp + rename).
+(or creates it from the lines' `selection`). Every file is written atomically (temp + rename);
+`ingest` writes its planned changes to `LABELED_DIR/.ingest-journal.json` first, and the next
+`ingest` completes one that was killed half-way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -54,6 +58,9 @@ from ernie_style.finetune.readers import DataError, read_records
 
 STATE_FILE = "loop_state.json"
 STATE_VERSION = 1
+#: Write-ahead journal of an ingest in progress (see `ingest`).
+JOURNAL_FILE = ".ingest-journal.json"
+JOURNAL_VERSION = 1
 #: How a round was selected (every round of the loop state has these keys; None if unknown).
 ROUND_KEYS = (
     "strategy", "method", "passes", "budget", "seed", "weights", "task", "tasks", "model", "pool"
@@ -303,6 +310,26 @@ def _inputs(spec: TaskSpec, line: Mapping[str, Any], pool: PoolRecord | None) ->
     return out
 
 
+def _decode_line(raw: bytes) -> str:
+    """A batch line as text; invalid UTF-8 is a `DataError` (naming the byte column)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"not UTF-8 text ({error.reason} at byte {error.start + 1})") from None
+
+
+def _parse_json(line: str) -> Any:
+    """`json.loads`, every failure (syntax, a number too long, nesting too deep) a `DataError`."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(f"invalid JSON: {error.msg} (column {error.colno})") from None
+    except ValueError as error:  # e.g. an integer longer than Python's int_max_str_digits
+        raise DataError(f"invalid JSON: {str(error).split(':')[0]}") from None
+    except RecursionError:
+        raise DataError("invalid JSON: nested too deeply") from None
+
+
 def _check_line(
     where: str, line: Any, specs: Mapping[str, TaskSpec], pool: dict[str, PoolRecord] | None
 ) -> BatchItem:
@@ -326,6 +353,8 @@ def _check_line(
     if problems:
         raise DataError("; ".join(problems))
     selection = line.get("selection") if isinstance(line.get("selection"), dict) else None
+    if selection is not None and not isinstance(selection.get("batch", ""), str):
+        raise DataError(f"'selection.batch' must be a string, got {selection['batch']!r}")
     return BatchItem(where, key, fields, normal, selection)
 
 
@@ -339,16 +368,15 @@ def read_batch(
         raise FileNotFoundError(f"--batch {path}: no such file")
     by_id = {r.id: r for r in pool.records} if pool is not None else None
     items, errors, seen = [], [], {}
-    text = path.read_text(encoding="utf-8-sig")
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
+    # Lines end at "\n" only (as `json.dumps` writes them): U+2028 and friends may sit inside
+    # a JSON string, and str.splitlines would cut the line there.
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
         where = f"{path}:{number}"
         try:
-            item = _check_line(where, json.loads(raw), specs, by_id)
-        except json.JSONDecodeError as error:
-            errors.append(f"{where}: invalid JSON: {error.msg} (column {error.colno})")
-            continue
+            line = _decode_line(raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw)
+            if not line.strip():
+                continue
+            item = _check_line(where, _parse_json(line), specs, by_id)
         except DataError as error:
             errors.append(f"{where}: {error}")
             continue
@@ -389,8 +417,15 @@ def ingest(
 ) -> IngestReport:
     """Validate an annotated batch and merge it into the labeled set (idempotent), remove its
     ids from the pool file and record the round(s) in the loop state. Relabelling an id with a
-    different label is an error; nothing is written unless every line is good."""
+    different label is an error; nothing is written unless every line is good.
+
+    Crash-safe: the changes are first written to a journal (`LABELED_DIR/.ingest-journal.json`);
+    an ingest killed at any moment is completed by the next `ingest` of any batch, before it
+    reads anything, so the labeled set never loses or duplicates a row."""
     labeled_dir = Path(labeled_dir)
+    recovered = _finish_interrupted_ingest(labeled_dir) if labeled_dir.is_dir() else None
+    if pool_path is not None:
+        _remove_stale_temps(Path(pool_path).parent, f".{Path(pool_path).name}.tmp-*")
     pool = read_pool(pool_path) if pool_path is not None else None
     items = read_batch(batch, specs, pool)
     existing = {name: read_labeled(labeled_dir, spec) for name, spec in specs.items()}
@@ -405,69 +440,168 @@ def ingest(
     if errors:
         raise DataError(format_errors(errors))
     report = IngestReport()
-    added: dict[str, list[str]] = {}
+    plan: dict[str, Any] = {
+        "version": JOURNAL_VERSION,
+        "batch": str(batch),
+        "batch_path": str(Path(batch).resolve()),
+        "stamp": now(),
+        "labeled": {},
+        "added": {},
+        "counts": {},
+        "pool": None if pool_path is None else str(Path(pool_path).resolve()),
+        "remove": [],
+        "rounds": [],
+    }
     for name, spec in specs.items():
         new = [i for i in items if i.id not in existing[name]]
-        added[name] = [i.id for i in new]
+        plan["labeled"][name] = [_labeled_record(spec, i) for i in new]
+        plan["added"][name] = [i.id for i in new]
+        plan["counts"][name] = len(existing[name]) + len(new)
         report.added[name] = len(new)
-        if new:
-            _append_labeled(labeled_dir, spec, new)
     report.already_labeled = sum(all(i.id in existing[t] for t in specs) for i in items)
-    if pool_path is not None:
-        report.removed_from_pool = write_pool_without(pool_path, [i.id for i in items])
-    _update_state(labeled_dir, items, specs, added, existing, Path(batch), report)
+    if pool is not None:
+        plan["remove"] = [i.id for i in items]
+        report.removed_from_pool = len(set(pool.ids) & set(plan["remove"]))
+    if any(plan["added"].values()):
+        plan["rounds"] = _round_groups(items)
+    elif not report.removed_from_pool:  # nothing to write: this batch is already merged
+        if recovered is not None and recovered[0] == plan["batch_path"]:
+            return recovered[1]  # ...by the journal of this batch's killed ingest, just now
+        return report
+    plan["report"] = {
+        "added": report.added,
+        "already_labeled": report.already_labeled,
+        "removed_from_pool": report.removed_from_pool,
+    }
+    # Write-ahead: the journal holds every change; if this process dies below, the next ingest
+    # replays it (each step is idempotent), so no row is lost, duplicated or left unrecorded.
+    atomic_write(labeled_dir / JOURNAL_FILE, json.dumps(plan, ensure_ascii=False) + "\n")
+    report.rounds = _apply_ingest(labeled_dir, plan)
     return report
 
 
-def _append_labeled(labeled_dir: Path, spec: TaskSpec, items: Sequence[BatchItem]) -> None:
-    path = labeled_path(labeled_dir, spec.name)
-    text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if text and not text.endswith("\n"):
-        text += "\n"
-    for item in items:
-        record = {ID_FIELD: item.id} | {f: item.fields[f] for f in spec.fields}
-        record[spec.label_field] = item.labels[spec.name]
-        text += json.dumps(record, ensure_ascii=False) + "\n"
-    atomic_write(path, text)
+def _labeled_record(spec: TaskSpec, item: BatchItem) -> dict[str, Any]:
+    """The labeled-set line of `item` for one task: id, input fields, label."""
+    record = {ID_FIELD: item.id} | {f: item.fields[f] for f in spec.fields}
+    record[spec.label_field] = item.labels[spec.name]
+    return record
 
 
-def _update_state(
-    labeled_dir: Path,
-    items: Sequence[BatchItem],
-    specs: Mapping[str, TaskSpec],
-    added: Mapping[str, list[str]],
-    existing: Mapping[str, Mapping[str, Any]],
-    batch: Path,
-    report: IngestReport,
-) -> None:
-    if not any(added.values()):
-        return
-    state = load_state(labeled_dir)
-    groups: dict[str, list[BatchItem]] = {}
+def _round_groups(items: Sequence[BatchItem]) -> list[dict[str, Any]]:
+    """The batch's ids grouped by the round that selected them (`selection.batch`; lines
+    without one form a manual round named after the batch's ids)."""
+    groups: dict[str, list[str]] = {}
     metas: dict[str, Mapping[str, Any]] = {}
     for item in items:
         meta = item.selection
         if meta is None or "batch" not in meta:
             meta = {"batch": "manual-" + batch_id([i.id for i in items], {})}
-        groups.setdefault(meta["batch"], []).append(item)
+        groups.setdefault(meta["batch"], []).append(item.id)
         metas.setdefault(meta["batch"], meta)
-    stamp = now()
-    for key, group in groups.items():
-        entry = _find_round(state, key)
+    return [{"meta": dict(metas[key]), "ids": ids} for key, ids in groups.items()]
+
+
+def _apply_ingest(labeled_dir: Path, plan: Mapping[str, Any]) -> list[int]:
+    """Carry out an ingest journal (labeled files, pool, loop state), then delete it; every
+    step is idempotent, so a replay after a kill at any point completes the merge exactly
+    once. Returns the rounds recorded."""
+    for task, records in plan["labeled"].items():
+        if records:
+            _append_labeled(labeled_dir, task, records)
+    if plan["pool"] is not None and plan["remove"]:
+        write_pool_without(plan["pool"], plan["remove"])
+    rounds = _update_state(labeled_dir, plan) if plan["rounds"] else []
+    (labeled_dir / JOURNAL_FILE).unlink(missing_ok=True)
+    return rounds
+
+
+def finish_interrupted_ingest(labeled_dir: str | Path) -> bool:
+    """Complete an ingest killed half-way in `labeled_dir` (if any); True if there was one.
+    `select` calls it so that a killed ingest's rows are not offered for annotation again."""
+    return _finish_interrupted_ingest(Path(labeled_dir)) is not None
+
+
+def _finish_interrupted_ingest(labeled_dir: Path) -> tuple[str, IngestReport] | None:
+    """Complete an ingest that was killed half-way (its journal is still there): returns the
+    batch it was ingesting and its report, or None. Also removes temp files left by killed
+    writers."""
+    _remove_stale_temps(labeled_dir, ".*.tmp-*")
+    path = labeled_dir / JOURNAL_FILE
+    if not path.is_file():
+        return None
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{path}: unreadable journal of an interrupted ingest ({error}); check the labeled "
+            "set and the pool, then delete it"
+        ) from error
+    if not isinstance(plan, dict) or plan.get("version") != JOURNAL_VERSION:
+        raise ValueError(f"{path}: not a version-{JOURNAL_VERSION} ingest journal")
+    rounds = _apply_ingest(labeled_dir, plan)
+    return plan["batch_path"], IngestReport(**plan["report"], rounds=rounds)
+
+
+def _remove_stale_temps(directory: Path, pattern: str) -> None:
+    """Delete `pattern` temp files (`NAME.tmp-PID`) whose writer process no longer runs."""
+    for path in directory.glob(pattern):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _append_labeled(labeled_dir: Path, task: str, records: Sequence[Mapping[str, Any]]) -> None:
+    """Append the records whose id is not in the task's labeled file yet (idempotent)."""
+    path = labeled_path(labeled_dir, task)
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    have = labeled_ids(labeled_dir, [task]) if text.strip() else set()
+    fresh = [r for r in records if r[ID_FIELD] not in have]
+    if not fresh:
+        return
+    if text and not text.endswith("\n"):
+        text += "\n"
+    text += "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fresh)
+    atomic_write(path, text)
+
+
+def _update_state(labeled_dir: Path, plan: Mapping[str, Any]) -> list[int]:
+    """Record an ingest journal's rounds in the loop state (idempotent); returns them."""
+    state = load_state(labeled_dir)
+    rounds = []
+    for group in plan["rounds"]:
+        entry = _find_round(state, group["meta"]["batch"])
         if entry is None:
-            entry = new_round(state, metas[key], [i.id for i in group], selected_now=False)
-        new_ids = {i.id for i in group}
+            entry = new_round(state, group["meta"], group["ids"], selected_now=False)
+        members = set(group["ids"])
         changed = False
-        for task, ids in added.items():
-            mine = [x for x in ids if x in new_ids]
+        for task, ids in plan["added"].items():
+            mine = [x for x in ids if x in members]
             if mine:
-                entry["ingested"].setdefault(task, []).extend(mine)
+                done = entry["ingested"].setdefault(task, [])
+                have = set(done)
+                done.extend(x for x in mine if x not in have)
                 changed = True
         if changed:
-            entry["ingested_at"] = stamp
-            if str(batch) not in entry["batch_files"]:
-                entry["batch_files"].append(str(batch))
-        report.rounds.append(int(entry["round"]))
-    for task in specs:
-        state["labeled"][task] = len(existing[task]) + len(added[task])
+            entry["ingested_at"] = plan["stamp"]
+            if plan["batch"] not in entry["batch_files"]:
+                entry["batch_files"].append(plan["batch"])
+        rounds.append(int(entry["round"]))
+    for task, count in plan["counts"].items():
+        state["labeled"][task] = count
     save_state(labeled_dir, state)
+    return rounds

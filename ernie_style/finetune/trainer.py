@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,7 @@ class FinetuneTrainer:
         self.run_dir = Path(config.output_dir)
         self.accelerator = accel = make_accelerator(config)
         self.tokenizer = load_finetune_tokenizer(config)
-        encoder = load_encoder(config.encoder)
+        encoder = load_encoder(config.encoder, trust_remote_code=config.trust_remote_code)
         if encoder.config.vocab_size < len(self.tokenizer):
             raise ValueError(
                 f"tokenizer {config.tokenizer_path} has {len(self.tokenizer)} tokens but the "
@@ -142,6 +144,7 @@ class FinetuneTrainer:
         config = self.config
         if self.accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            recover_best(self.run_dir)
             atomic_write(self.run_dir / "config.yaml", dump_yaml(config))
         bar = tqdm(
             total=self.total_steps,
@@ -309,6 +312,32 @@ class FinetuneTrainer:
                 )
             self._print(metrics_table(table))
         return table
+
+
+def recover_best(run_dir: Path) -> None:
+    """Clean up after a `save_best` that was killed: remove its temp copy (`.best.tmp-PID`);
+    if it died between its two renames (no `best/`), put the previous copy (`.best.old-PID`)
+    back. Copies of processes still running are left alone."""
+    for path in sorted(run_dir.glob(".best.*-*")):
+        pid = path.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        if path.name.startswith(".best.old-") and not (run_dir / "best").exists():
+            path.rename(run_dir / "best")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def build_finetune_optimizer(
