@@ -43,8 +43,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text ({error.reason})") from None
     except yaml.YAMLError as error:
         raise ValueError(f"{path}: invalid YAML: {error}") from error
+    except RecursionError:
+        raise ValueError(f"{path}: invalid YAML: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -62,6 +67,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError as error:
             raise ValueError(f"override {item!r}: invalid value: {error}") from error
+        except RecursionError:
+            raise ValueError(f"override {item!r}: invalid value: nested too deeply") from None
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -79,7 +86,7 @@ def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str = "") -> C:
         raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(known))
+    unknown = sorted(str(k) for k in data if not isinstance(k, str) or k not in known)
     if unknown:
         raise ValueError(
             f"unknown config key(s) {[prefix + k for k in unknown]}; "
@@ -102,7 +109,7 @@ def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str = "") -> C:
 def _convert(hint: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value or {}, key + ".")  # type: ignore[arg-type]
+        return from_dict(hint, {} if value is None else value, key + ".")  # type: ignore[arg-type]
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         if value is None and type(None) in args:

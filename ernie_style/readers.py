@@ -149,6 +149,8 @@ class JsonlSource(Source):
             record = json.loads(line)
         except json.JSONDecodeError as error:
             record, problem = None, f"invalid JSON ({error.msg} at column {error.colno})"
+        except (ValueError, RecursionError) as error:  # a huge number, too deep nesting
+            record, problem = None, f"invalid JSON ({_json_problem(error)})"
         else:
             problem = "" if isinstance(record, dict) else "not a JSON object"
         if problem:
@@ -365,6 +367,13 @@ def _emit(
     if replaced or fixed != original:
         stats["non_utf8_documents"] += 1
     yield RawDocument(id=fixed[0], title=fixed[1], text=fixed[2])
+
+
+def _json_problem(error: Exception) -> str:
+    """A short reason for a JSON line `json.loads` refused beyond syntax errors."""
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    return str(error).split(";")[0].split(":")[0] or type(error).__name__
 
 
 def _field_str(value: Any) -> str:

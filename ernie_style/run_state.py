@@ -18,12 +18,11 @@ from transformers import ErnieModel
 
 from ernie_style.balancing import LossBalancer
 from ernie_style.checkpoint import (
-    CheckpointWriter,
     load_optimizer_state_by_name,
     load_tensors,
-    load_torch,
     optimizer_state_by_name,
     prune,
+    writing_checkpoint,
 )
 from ernie_style.config import dump_yaml
 from ernie_style.cpu_kernels import CPU_ATTENTION, resolve_attention, use_cpu_kernels
@@ -36,6 +35,7 @@ from ernie_style.registry import PretrainTask, get_task
 from ernie_style.schedule import ContinualSchedule
 from ernie_style.stream import TaskExampleStream
 from ernie_style.tokenizer import load_tokenizer
+from ernie_style.untrusted import load_torch_file
 
 #: Backbone config fields that must match between a checkpoint and the run resuming it.
 ARCHITECTURE_KEYS = (
@@ -212,8 +212,8 @@ def save_checkpoint(
             state.optimizer, _param_names(unwrapped, state.balancer)
         )
     if accelerator.is_main_process:
-        writer = CheckpointWriter(root, step)
-        try:
+        # A failed write (disk full...) removes the temp dir and raises CheckpointWriteError.
+        with writing_checkpoint(root, step) as writer:
             writer.save_tensors("model.safetensors", weights)
             writer.save_torch("optimizer.pt", optimizer_state)
             if state.balancer is not None:
@@ -224,9 +224,6 @@ def save_checkpoint(
             state.tokenizer.save_pretrained(str(writer.tmp / "tokenizer"))
             writer.save_json("backbone_config.json", unwrapped.backbone.config.to_dict())
             path = writer.commit({"step": step})
-        except BaseException:
-            writer.abort()
-            raise
         prune(root, config.keep_checkpoints)
     accelerator.wait_for_everyone()
     return path
@@ -255,11 +252,11 @@ def load_checkpoint(state: RunState, checkpoint: Path, config: PretrainConfig) -
     )
     weights = load_tensors(checkpoint / "model.safetensors")
     new_tasks = _load_model_weights(state, weights, set(trainer_state["tasks"]), checkpoint)
-    saved_optimizer = load_torch(checkpoint / "optimizer.pt")
+    saved_optimizer = load_torch_file(checkpoint / "optimizer.pt")
     params = {n: p for p, n in _param_names(state.model, state.balancer).items()}
     load_optimizer_state_by_name(state.optimizer, saved_optimizer, params)
     if state.balancer is not None and (checkpoint / "balancer.pt").is_file():
-        state.balancer.load_state_dict(load_torch(checkpoint / "balancer.pt"))
+        state.balancer.load_state_dict(load_torch_file(checkpoint / "balancer.pt"))
     state.schedule.load_state_dict(trainer_state["schedule"])
     for name, stream_state in trainer_state["streams"].items():
         if name in state.streams:
@@ -272,7 +269,8 @@ def load_checkpoint(state: RunState, checkpoint: Path, config: PretrainConfig) -
 
 def load_full_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A checkpoint's weights and by-name optimizer state (safetensors / weights_only)."""
-    return load_tensors(checkpoint / "model.safetensors"), load_torch(checkpoint / "optimizer.pt")
+    optimizer_state = load_torch_file(checkpoint / "optimizer.pt")
+    return load_tensors(checkpoint / "model.safetensors"), optimizer_state
 
 
 def _check_compatible(

@@ -16,6 +16,8 @@ from tokenizers import (
 )
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
 
+from ernie_style.untrusted import refuse_remote_code
+
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -55,12 +57,16 @@ def train_wordpiece(
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a local Hugging Face tokenizer directory (never from a hub)."""
+    """Load a local Hugging Face tokenizer directory (never from a hub, never running custom
+    code a `tokenizer_config.json` names: such a directory is refused)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer directory {path} does not exist")
+    refuse_remote_code(path, "tokenizer")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=False
+        )
     except (OSError, ValueError) as error:
         raise ValueError(f"{path} is not a Hugging Face tokenizer directory: {error}") from error
     if not tokenizer.is_fast:

@@ -135,6 +135,8 @@ def parse_words(where: str, name: str, value: Any) -> list[str]:
             value = json.loads(text)
         except json.JSONDecodeError as error:
             raise DataError(_at(where, f"field {name!r}: invalid JSON list: {error.msg}")) from None
+        except (ValueError, RecursionError):  # a number too long, nesting too deep
+            raise DataError(_at(where, f"field {name!r}: invalid JSON list")) from None
     if not isinstance(value, list | tuple) or not all(isinstance(w, str) for w in value):
         raise DataError(_at(where, f"field {name!r} must be a list of words"))
     return list(value)
@@ -164,15 +166,24 @@ class TaskSpec:
         return self.fields[-1] if self.type == "ranking" else None
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """`repr(value)`, cut to `limit` characters (a bad label may be a whole document)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # a huge int, a deeply nested list
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _number(value: Any) -> float:
     try:
         if isinstance(value, bool):
             raise ValueError
         number = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"{value!r} is not a number") from None
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{_short(value)} is not a number") from None
     if not math.isfinite(number):
-        raise DataError(f"{value!r} is not a finite number")
+        raise DataError(f"{_short(value)} is not a finite number")
     return number
 
 
@@ -202,10 +213,10 @@ def normalize_label(spec: TaskSpec, value: Any, size: int | None = None) -> Any:
             return [_number(v) for v in value]
         index = _number(value)
         if index != int(index) or (size is not None and not 0 <= index < size):
-            raise DataError(f"{value!r} is not a candidate index (0..{(size or 1) - 1})")
+            raise DataError(f"{_short(value)} is not a candidate index (0..{(size or 1) - 1})")
         return int(index)
     if isinstance(value, dict | list | bool):
-        raise DataError(f"{value!r} is not a label name")
+        raise DataError(f"{_short(value)} is not a label name")
     label = str(value).strip()
     if label not in names:
         raise DataError(f"label {label!r} not in labels {names}")
@@ -273,11 +284,12 @@ def write_pool_without(path: str | Path, remove: Collection[str]) -> int:
         _rewrite_dataset(path, drop)
     elif path.suffix.lower() == ".jsonl":
         kept = []
-        for line in path.read_text(encoding="utf-8-sig").splitlines(keepends=True):
+        # Split at "\n" only, as `read_records` does: U+2028 may sit inside a JSON string.
+        for line in path.read_text(encoding="utf-8-sig").split("\n"):
             if line.strip() and record_id(json.loads(line).get(ID_FIELD)) in drop:
                 continue
             kept.append(line)
-        atomic_write(path, "".join(kept))
+        atomic_write(path, "\n".join(kept))
     else:
         _rewrite_table(path, pool, drop)
     return len(drop)

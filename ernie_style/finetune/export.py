@@ -28,6 +28,7 @@ from transformers import (
 from ernie_style.finetune.data import EncodedTask
 from ernie_style.finetune.heads import transformers_export_spec, transformers_head_state
 from ernie_style.finetune.model import MultiTaskModel
+from ernie_style.untrusted import refuse_pickle_weights, refuse_remote_code
 
 TASK_FILE = "ernie_style_task.json"
 
@@ -51,7 +52,7 @@ def export_task(
         config.label2id = {label: i for i, label in enumerate(task.labels)}
     token_level = spec.architecture.endswith("TokenClassification")
     auto = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
-    stock = auto.from_config(config)
+    stock = auto.from_config(config, trust_remote_code=False)
     encoder_state = {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}
     task_id = (model.task_ids or {}).get(task.name, 0)
     key = "embeddings.task_type_embeddings.weight"
@@ -90,4 +91,9 @@ def load_exported(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     info = json.loads(info_path.read_text(encoding="utf-8"))
     token_level = info["architecture"].endswith("TokenClassification")
     auto = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
-    return auto.from_pretrained(str(path), local_files_only=True), info
+    refuse_pickle_weights(path, f"--model {path}")
+    refuse_remote_code(path, f"--model {path}")
+    model = auto.from_pretrained(
+        str(path), local_files_only=True, use_safetensors=True, trust_remote_code=False
+    )
+    return model, info

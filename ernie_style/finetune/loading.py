@@ -23,6 +23,7 @@ from ernie_style.finetune.config import TASK_TYPES, FinetuneConfig, FinetuneTask
 from ernie_style.finetune.data import Collator, EncodedTask
 from ernie_style.finetune.model import MultiTaskModel, build_model
 from ernie_style.finetune.silver import silver_labels
+from ernie_style.untrusted import refuse_remote_code
 
 
 @dataclasses.dataclass
@@ -87,22 +88,28 @@ def _model_dirs(config: FinetuneConfig, run_dir: Path, tokenizer: bool) -> list[
     return [first, *exports]
 
 
-def _load_encoder_shell(config: FinetuneConfig, run_dir: Path) -> Any:
+def _load_encoder_shell(config: FinetuneConfig, run_dir: Path, trust_remote_code: bool) -> Any:
     """The encoder architecture (random weights; the run's weights are loaded afterwards)."""
     for path in _model_dirs(config, run_dir, tokenizer=False):
         if (path / "config.json").is_file():
-            encoder_config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-            return AutoModel.from_config(encoder_config)
+            refuse_remote_code(path, f"--model {run_dir}: encoder", trust_remote_code)
+            encoder_config = AutoConfig.from_pretrained(
+                str(path), local_files_only=True, trust_remote_code=trust_remote_code
+            )
+            return AutoModel.from_config(encoder_config, trust_remote_code=trust_remote_code)
     raise ValueError(
         f"--model {run_dir}: the encoder directory {config.encoder} is gone and the run has no "
         "task export under tasks/ to read the architecture from"
     )
 
 
-def _load_tokenizer(config: FinetuneConfig, run_dir: Path) -> Any:
+def _load_tokenizer(config: FinetuneConfig, run_dir: Path, trust_remote_code: bool) -> Any:
     for path in _model_dirs(config, run_dir, tokenizer=True):
         if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
-            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            refuse_remote_code(path, f"--model {run_dir}: tokenizer", trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(path), local_files_only=True, trust_remote_code=trust_remote_code
+            )
             if not getattr(tokenizer, "is_fast", False):
                 raise ValueError(f"--model {run_dir}: the tokenizer in {path} is not a fast one")
             return tokenizer
@@ -129,16 +136,20 @@ def task_shells(
 
 
 def load_finetuned(
-    run_dir: str | Path, device: str | torch.device = "cpu"
+    run_dir: str | Path, device: str | torch.device = "cpu", trust_remote_code: bool = False
 ) -> tuple[MultiTaskModel, Any, FinetuneConfig, dict[str, EncodedTask]]:
     """`(model, tokenizer, config, tasks)` of a fine-tuning run, the model in eval mode on
     `device`. `tasks` maps each task name to a data-less `EncodedTask` (type, label list,
-    collator, task id); silver tasks' label lists come from `silver_labels`."""
+    collator, task id); silver tasks' label lists come from `silver_labels`.
+
+    Custom model code (`auto_map`) is refused unless the caller passes `trust_remote_code`;
+    the run's own `trust_remote_code` key is not honoured (a run directory may come from a
+    stranger). Weights are read from safetensors only."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     weights = find_weights(run_dir)
-    tokenizer = _load_tokenizer(config, run_dir)
-    encoder = _load_encoder_shell(config, run_dir)
+    tokenizer = _load_tokenizer(config, run_dir, trust_remote_code)
+    encoder = _load_encoder_shell(config, run_dir, trust_remote_code)
     device = torch.device(device)
     if device.type == "cpu":
         from ernie_style.cpu_kernels import use_cpu_kernels

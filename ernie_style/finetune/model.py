@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from ernie_style.finetune.data import EncodedTask
 from ernie_style.finetune.heads import FinetuneHead, build_head
 from ernie_style.finetune.sharing import SharingLayer, build_sharing
+from ernie_style.untrusted import refuse_pickle_weights, refuse_remote_code
 
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -34,25 +35,37 @@ class TaskResult:
     logits: torch.Tensor
 
 
-def load_encoder(path: str | Path) -> PreTrainedModel:
+def load_encoder(path: str | Path, trust_remote_code: bool = False) -> PreTrainedModel:
     """A local Hugging Face encoder (`AutoModel`, with its pooler), never from a hub.
 
-    A directory without `config.json` or without weights is refused with a message naming it.
+    A directory without `config.json` or without weights is refused with a message naming it;
+    so is one whose only weights are pickles (`pytorch_model.bin`) or whose config names custom
+    code (`auto_map`) unless `trust_remote_code` (the config key of that name) is set.
     """
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ValueError(f"encoder: {path} is not a model directory (no config.json)")
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+    refuse_pickle_weights(path, "encoder")
+    if not any(path.glob("*.safetensors")):
         raise ValueError(f"encoder: {path} has a config.json but no weights (*.safetensors)")
+    refuse_remote_code(path, "encoder", trust_remote_code)
     try:
-        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        config = AutoConfig.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=trust_remote_code
+        )
     except (ValueError, OSError, json.JSONDecodeError) as error:
         raise ValueError(
             f"encoder: {path}/config.json is not a usable model config: {error}"
         ) from error
     if getattr(config, "is_decoder", False):
         raise ValueError(f"encoder: {path} is a decoder, not a bidirectional encoder")
-    return AutoModel.from_pretrained(str(path), config=config, local_files_only=True)
+    return AutoModel.from_pretrained(
+        str(path),
+        config=config,
+        local_files_only=True,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+    )
 
 
 class MultiTaskModel(nn.Module):

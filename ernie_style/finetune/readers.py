@@ -144,6 +144,9 @@ def _read_jsonl(
         except json.JSONDecodeError as error:
             errors.append(f"{where}: invalid JSON: {error.msg} (column {error.colno})")
             continue
+        except (ValueError, RecursionError) as error:  # a number too long, nesting too deep
+            errors.append(f"{where}: invalid JSON: {_json_problem(error)}")
+            continue
         if not isinstance(record, dict):
             errors.append(f"{where}: expected a JSON object, got {type(record).__name__}")
             continue
@@ -265,13 +268,20 @@ def _text(where: str, name: str, value: Any, stats: Counter[str]) -> str:
     return value
 
 
+def _json_problem(error: Exception) -> str:
+    """A short reason for a JSON value Python refuses (too deep, or a number too long)."""
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    return str(error).split(":")[0]
+
+
 def _number(where: str, name: str, value: Any) -> float:
     try:
         if isinstance(value, bool):
             raise ValueError
         number = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: {name} {value!r} is not a number") from None
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{where}: {name} {str(value)[:60]!r} is not a number") from None
     if not math.isfinite(number):
         raise DataError(f"{where}: {name} {value!r} is not a finite number")
     return number
@@ -286,6 +296,10 @@ def _sequence(where: str, name: str, value: Any) -> list[Any]:
             except json.JSONDecodeError as error:
                 raise DataError(
                     f"{where}: field {name!r}: invalid JSON list: {error.msg}"
+                ) from None
+            except (ValueError, RecursionError) as error:
+                raise DataError(
+                    f"{where}: field {name!r}: invalid JSON list: {_json_problem(error)}"
                 ) from None
         else:
             return stripped.split()

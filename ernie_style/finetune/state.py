@@ -15,18 +15,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
 from ernie_style.checkpoint import (
-    CheckpointWriter,
     load_optimizer_state_by_name,
     load_tensors,
-    load_torch,
     optimizer_state_by_name,
     prune,
+    writing_checkpoint,
 )
 from ernie_style.config import dump_yaml
+from ernie_style.untrusted import load_torch_file, refuse_remote_code
 
 if TYPE_CHECKING:
     from ernie_style.finetune.config import FinetuneConfig
@@ -39,8 +40,11 @@ def load_finetune_tokenizer(config: FinetuneConfig) -> Any:
     key = "tokenizer" if config.tokenizer else "encoder"
     if not path.is_dir():
         raise ValueError(f"{key}: {path} is not a directory")
+    refuse_remote_code(path, key, config.trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=config.trust_remote_code
+        )
     except (OSError, ValueError) as error:
         raise ValueError(f"{key}: no usable tokenizer in {path}: {error}") from error
     if not getattr(tokenizer, "is_fast", False):
@@ -61,8 +65,8 @@ def save_finetune_checkpoint(trainer: FinetuneTrainer) -> Path:
     accel.wait_for_everyone()
     path = root / f"step-{trainer.step:08d}"
     if accel.is_main_process:
-        writer = CheckpointWriter(root, trainer.step)
-        try:
+        # A failed write (disk full...) removes the temp dir and raises CheckpointWriteError.
+        with writing_checkpoint(root, trainer.step) as writer:
             writer.save_tensors("model.safetensors", trainer.unwrapped.state_dict())
             writer.save_torch(
                 "optimizer.pt",
@@ -83,9 +87,6 @@ def save_finetune_checkpoint(trainer: FinetuneTrainer) -> Path:
             )
             writer.save_text("config.yaml", dump_yaml(config))
             path = writer.commit({"step": trainer.step})
-        except BaseException:
-            writer.abort()
-            raise
         prune(root, config.keep_checkpoints)
     accel.wait_for_everyone()
     return path
@@ -109,8 +110,9 @@ def load_finetune_checkpoint(trainer: FinetuneTrainer, checkpoint: Path) -> None
             f"unexpected {result.unexpected_keys[:5]})"
         )
     params = {n: p for p, n in _named_parameters(trainer).items()}
-    load_optimizer_state_by_name(trainer.optimizer, load_torch(checkpoint / "optimizer.pt"), params)
-    trainer.balancer.load_state_dict(load_torch(checkpoint / "balancer.pt"))
+    saved_optimizer = load_torch_file(checkpoint / "optimizer.pt")
+    load_optimizer_state_by_name(trainer.optimizer, saved_optimizer, params)
+    trainer.balancer.load_state_dict(load_torch_file(checkpoint / "balancer.pt"))
     trainer.sampler.load_state_dict(state["sampler"])
     trainer.step = int(state["step"])
     trainer.history = list(state["history"])
@@ -125,10 +127,16 @@ def save_best(trainer: FinetuneTrainer) -> None:
     best = Path(trainer.config.output_dir) / "best"
     tmp = best.with_name(f".best.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     weights = {k: v.detach().contiguous().cpu() for k, v in trainer.unwrapped.state_dict().items()}
-    save_file(weights, str(tmp / "model.safetensors"))
-    (tmp / "best.json").write_text(json.dumps(trainer.best) + "\n", encoding="utf-8")
+    try:
+        tmp.mkdir(parents=True)
+        save_file(weights, str(tmp / "model.safetensors"))
+        (tmp / "best.json").write_text(json.dumps(trainer.best) + "\n", encoding="utf-8")
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half-written copy
+        if isinstance(error, SafetensorError):
+            raise OSError(f"could not write {best}: {error}") from error
+        raise
     old = best.with_name(f".best.old-{os.getpid()}")
     if best.exists():
         best.rename(old)
