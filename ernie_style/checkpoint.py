@@ -336,7 +336,13 @@ def resolve_resume(
     if resume is None:
         return None
     if resume == "auto":
-        found = find_resumable(root)
+        # Skipped (corrupt, partial) checkpoints are also reported through `report`, so the
+        # run's output says so even where Python warnings are filtered (PYTHONWARNINGS=ignore).
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            found = find_resumable(root)
+        for warning in caught:
+            report(f"warning: {warning.message}")
         if found is None:
             report("no complete checkpoint to resume from; starting fresh")
         return found
