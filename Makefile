@@ -6,7 +6,7 @@ STAMP := $(VENV)/.setup-done
 SAMPLE := data/sample_corpus/wiki_sample.jsonl
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test soak lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
+
+# 20 seeded SIGKILL trials per command (pretrain, finetune, prepare, ingest); docs/reliability.md.
+soak: $(STAMP)
+	$(PY) tests/reliability/soak.py --out runs/soak
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
