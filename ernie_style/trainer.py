@@ -17,7 +17,12 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    DistributedType,
+    DynamoBackend,
+    TorchDynamoPlugin,
+)
 from tqdm import tqdm
 
 from ernie_style.balancing import LossBalancer, build_balancer
@@ -61,14 +66,21 @@ def make_accelerator(config: Any) -> Accelerator:
     # its own CPU accelerator when there is no GPU.
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision", precision) != precision:
-        # Another run in this process (active-learning rounds, tests) chose another precision:
-        # accelerate keeps one global state, so start it afresh (the process group is kept).
+    compiling = getattr(state.get("dynamo_plugin"), "backend", DynamoBackend.NO)
+    if state and (
+        state.get("_mixed_precision", precision) != precision or compiling != DynamoBackend.NO
+    ):
+        # Another run in this process (active-learning rounds, tests, a transformers Trainer
+        # with torch_compile) chose another precision or a compiler: accelerate keeps one
+        # global state, so start it afresh (the process group is kept).
         AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         cpu=no_gpu and not deepspeed,
         mixed_precision=precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        # Never torch.compile the model (not even when ACCELERATE_DYNAMO_BACKEND is set): the
+        # CPU dropout kernel draws its masks with numpy, which dynamo cannot trace.
+        dynamo_plugin=TorchDynamoPlugin(backend=DynamoBackend.NO),
     )
 
 
