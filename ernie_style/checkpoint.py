@@ -36,6 +36,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ernie_style.fileio import pid_alive
+
 MANIFEST = "manifest.json"
 STEP_PREFIX = "step-"
 
@@ -253,7 +255,7 @@ def prune(root: Path, keep: int) -> None:
     """Keep the newest `keep` checkpoints; also clear temp dirs left by killed writers, and
     put back an older copy that a writer killed while replacing it had moved aside."""
     for stale in root.glob(".tmp-*"):
-        if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+        if not pid_alive(stale.name.rsplit("-", 1)[-1]):
             shutil.rmtree(stale, ignore_errors=True)
     recover_replaced(root)
     for old in list_checkpoints(root)[max(keep, 1) :]:
@@ -266,23 +268,13 @@ def recover_replaced(root: Path) -> None:
     if not root.is_dir():
         return
     for moved in root.glob(".trash-*"):
-        if _pid_alive(moved.name.rsplit("-", 1)[-1]):
+        if pid_alive(moved.name.rsplit("-", 1)[-1]):
             continue
         original = root / moved.name.removeprefix(".trash-").rsplit("-", 1)[0]
         if original.exists():
             shutil.rmtree(moved, ignore_errors=True)
         else:
             os.replace(moved, original)
-
-
-def _pid_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ from typing import Any
 import datasets
 
 from ernie_style.document import DOCUMENT_FEATURES
+from ernie_style.fileio import pid_alive
 
 FORMAT = "ernie-style-prepared-corpus"
 #: Bump when the annotation or output layout changes in a way the code hash would not show.
@@ -136,7 +137,7 @@ def remove_stale_temp_dirs(output: Path) -> int:
     for tag in (_TEMP_TAG, _OLD_TAG):
         for path in output.parent.glob(f".{output.name}.{tag}-*"):
             pid = path.name.removeprefix(f".{output.name}.{tag}-").split("-")[0]
-            if pid.isdigit() and not _process_alive(int(pid)) and path.is_dir():
+            if pid.isdigit() and not pid_alive(pid) and path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
                 removed += 1
     return removed
@@ -172,15 +173,3 @@ def write_json(path: Path, record: dict[str, Any]) -> None:
         stream.write("\n")
         stream.flush()
         os.fsync(stream.fileno())
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True

@@ -1,4 +1,5 @@
-"""Small file helpers shared by every command: atomic text writes."""
+"""Small file helpers shared by every command: atomic text writes, and telling whether the
+process that left a temp file (`NAME.tmp-PID`) still runs."""
 
 from __future__ import annotations
 
@@ -20,3 +21,15 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def pid_alive(pid: int | str) -> bool:
+    """Whether process `pid` still runs (e.g. the writer named in a temp file's suffix). A pid
+    that is not a number, or is out of range, names no running process."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, OverflowError, ProcessLookupError):
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from ernie_style.active_learning.pool import (
     record_id,
     write_pool_without,
 )
-from ernie_style.finetune.evaluation import atomic_write
+from ernie_style.fileio import atomic_write, pid_alive
 from ernie_style.finetune.readers import DataError, read_records
 
 STATE_FILE = "loop_state.json"
@@ -546,23 +545,11 @@ def _remove_stale_temps(directory: Path, pattern: str) -> None:
     """Delete `pattern` temp files (`NAME.tmp-PID`) whose writer process no longer runs."""
     for path in directory.glob(pattern):
         pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(pid):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _append_labeled(labeled_dir: Path, task: str, records: Sequence[Mapping[str, Any]]) -> None:

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ernie_style.fileio import atomic_write
 from ernie_style.finetune.config import DEFAULT_LABEL_FIELD, FinetuneConfig, FinetuneTask
 from ernie_style.finetune.data import Encoded, encode_examples
-from ernie_style.finetune.evaluation import atomic_write
 from ernie_style.finetune.readers import DataError, RawExample, read_records
 
 ID_FIELD = "id"

@@ -25,8 +25,8 @@ from ernie_style.active_learning.pool import ID_FIELD, Pool, encode_pool, read_p
 from ernie_style.active_learning.scoring import score_pool
 from ernie_style.active_learning.selection import STRATEGIES, select
 from ernie_style.config import load_config, option
+from ernie_style.fileio import atomic_write
 from ernie_style.finetune.config import FinetuneConfig
-from ernie_style.finetune.evaluation import atomic_write
 from ernie_style.finetune.readers import read_records
 
 RESULT_FIELDS = ("strategy", "seed", "round", "labeled", "task", "split", "metric", "value")

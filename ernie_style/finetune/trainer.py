@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -26,10 +25,10 @@ from ernie_style.balancing import LossBalancer, build_balancer
 from ernie_style.checkpoint import resolve_resume
 from ernie_style.config import dump_yaml
 from ernie_style.cpu_kernels import use_cpu_kernels
+from ernie_style.fileio import atomic_write, pid_alive
 from ernie_style.finetune.config import FinetuneConfig
 from ernie_style.finetune.data import EncodedTask, load_tasks
 from ernie_style.finetune.evaluation import (
-    atomic_write,
     metrics_table,
     predict_split,
     write_predictions,
@@ -320,24 +319,12 @@ def recover_best(run_dir: Path) -> None:
     back. Copies of processes still running are left alone."""
     for path in sorted(run_dir.glob(".best.*-*")):
         pid = path.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or _pid_alive(int(pid)):
+        if not pid.isdigit() or pid_alive(pid):
             continue
         if path.name.startswith(".best.old-") and not (run_dir / "best").exists():
             path.rename(run_dir / "best")
         else:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def build_finetune_optimizer(
