@@ -505,27 +505,30 @@ def pretrain_config(path: Path, corpus: Path, output: Path) -> Path:
     )  # fmt: skip
 
 
-def pretrain_reference(root: Path, corpus: Path, launch: Launcher) -> dict[str, Any]:
-    """Run the tiny config uninterrupted; returns its run dir and measured durations (total,
-    and from its first training step to the end)."""
-    config = pretrain_config(root / "reference.yaml", corpus, root / "reference")
-    csv = root / "reference" / "train_loss.csv"
+def timed_reference(
+    command: str, config: Path, run: Path, log: Path, launch: Launcher
+) -> dict[str, Any]:
+    """Run `command --config CONFIG` uninterrupted; returns its run dir and measured durations
+    (total, and from its first training step, when train_loss.csv appears, to the end)."""
+    csv = run / "train_loss.csv"
     start = time.monotonic()
-    proc = launch(["pretrain", "--config", str(config)], root / "reference.log", None)
+    proc = launch([command, "--config", str(config)], log, None)
     first = None
     while proc.poll() is None:
         if first is None and csv.exists():
             first = time.monotonic() - start
         time.sleep(0.005)
     if proc.wait() != 0:
-        raise RuntimeError(f"reference pretrain failed:\n{log_tail(root / 'reference.log')}")
+        raise RuntimeError(f"reference {command} failed:\n{log_tail(log)}")
     total = time.monotonic() - start
     first = total if first is None else first
-    return {
-        "run": str(root / "reference"),
-        "seconds": total,
-        "train_seconds": max(total - first, 0.05),
-    }
+    return {"run": str(run), "seconds": total, "train_seconds": max(total - first, 0.05)}
+
+
+def pretrain_reference(root: Path, corpus: Path, launch: Launcher) -> dict[str, Any]:
+    """The tiny pretraining config, uninterrupted (see `timed_reference`)."""
+    config = pretrain_config(root / "reference.yaml", corpus, root / "reference")
+    return timed_reference("pretrain", config, root / "reference", root / "reference.log", launch)
 
 
 def check_checkpoints_after_kill(checkpoints: Path) -> list[str]:
@@ -652,26 +655,10 @@ def finetune_config(path: Path, setup: Mapping[str, Any], output: Path) -> Path:
 
 
 def finetune_reference(root: Path, setup: Mapping[str, Any], launch: Launcher) -> dict[str, Any]:
-    """Run the tiny fine-tuning config uninterrupted; returns its run dir and durations."""
+    """The tiny fine-tuning config, uninterrupted (see `timed_reference`)."""
     config = finetune_config(root / "ft-reference.yaml", setup, root / "ft-reference")
-    log = root / "ft-reference.log"
-    csv = root / "ft-reference" / "train_loss.csv"
-    start = time.monotonic()
-    proc = launch(["finetune", "--config", str(config)], log, None)
-    first = None
-    while proc.poll() is None:
-        if first is None and csv.exists():
-            first = time.monotonic() - start
-        time.sleep(0.005)
-    if proc.wait() != 0:
-        raise RuntimeError(f"reference finetune failed:\n{log_tail(log)}")
-    total = time.monotonic() - start
-    first = total if first is None else first
-    return {
-        "run": str(root / "ft-reference"),
-        "seconds": total,
-        "train_seconds": max(total - first, 0.05),
-    }
+    run, log = root / "ft-reference", root / "ft-reference.log"
+    return timed_reference("finetune", config, run, log, launch)
 
 
 def check_best_after_kill(output: Path) -> list[str]:
