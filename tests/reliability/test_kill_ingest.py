@@ -6,6 +6,7 @@ set, pool and loop state then equal those of uninterrupted ingests."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from reliability_helpers import Trial, run_driver
@@ -32,6 +33,21 @@ def test_every_crash_point_and_random_kill_loses_and_duplicates_nothing(trials):
     assert all(t.survived and t.data_lost == 0 for t in trials)
 
 
+def leave_pending_journal(labeled: Path, batch_path: Path) -> None:
+    """The state an ingest leaves when it dies right after writing its journal (it adds id
+    `x1` to `ner` as round `bx`): nothing else has changed yet."""
+    from ernie_style.active_learning.loop import JOURNAL_FILE
+
+    journal = {
+        "version": 1, "batch": "x.jsonl", "batch_path": str(batch_path), "stamp": "t",
+        "labeled": {"ner": [{"id": "x1", "tokens": ["a"], "tags": ["O"]}], "pos": []},
+        "added": {"ner": ["x1"], "pos": []}, "counts": {"ner": 41, "pos": 40},
+        "pool": None, "remove": [], "rounds": [{"meta": {"batch": "bx"}, "ids": ["x1"]}],
+        "report": {"added": {"ner": 1, "pos": 0}, "already_labeled": 0, "removed_from_pool": 0},
+    }  # fmt: skip
+    (labeled / JOURNAL_FILE).write_text(json.dumps(journal))
+
+
 def test_a_killed_ingest_is_completed_by_the_next_one(tmp_path):
     """In process: an ingest journal left behind is replayed (once) by the next ingest."""
     from reliability_helpers import ingest_setup
@@ -49,15 +65,7 @@ def test_a_killed_ingest_is_completed_by_the_next_one(tmp_path):
     }
     labeled = work / "labeled"
     seed_rows = {t: (labeled / f"{t}.jsonl").read_text() for t in specs}
-    # an ingest that died right after writing its journal: nothing else changed yet
-    journal = {
-        "version": 1, "batch": "x.jsonl", "batch_path": str(work / "x.jsonl"), "stamp": "t",
-        "labeled": {"ner": [{"id": "x1", "tokens": ["a"], "tags": ["O"]}], "pos": []},
-        "added": {"ner": ["x1"], "pos": []}, "counts": {"ner": 41, "pos": 40},
-        "pool": None, "remove": [], "rounds": [{"meta": {"batch": "bx"}, "ids": ["x1"]}],
-        "report": {"added": {"ner": 1, "pos": 0}, "already_labeled": 0, "removed_from_pool": 0},
-    }  # fmt: skip
-    (labeled / JOURNAL_FILE).write_text(json.dumps(journal))
+    leave_pending_journal(labeled, work / "x.jsonl")
     (labeled / ".ner.jsonl.tmp-999999999").write_text("half")  # a dead writer's temp file
     report = ingest(work / "batch_a.jsonl", labeled, specs, work / "pool.jsonl")
     assert report.added == {"ner": 24, "pos": 24}
@@ -83,14 +91,7 @@ def test_select_first_completes_a_killed_ingest(tmp_path):
 
     labeled = ingest_setup(tmp_path) / "labeled"
     assert not finish_interrupted_ingest(labeled)  # nothing pending
-    journal = {
-        "version": 1, "batch": "x.jsonl", "batch_path": str(tmp_path / "x.jsonl"), "stamp": "t",
-        "labeled": {"ner": [{"id": "x1", "tokens": ["a"], "tags": ["O"]}], "pos": []},
-        "added": {"ner": ["x1"], "pos": []}, "counts": {"ner": 41, "pos": 40},
-        "pool": None, "remove": [], "rounds": [{"meta": {"batch": "bx"}, "ids": ["x1"]}],
-        "report": {"added": {"ner": 1, "pos": 0}, "already_labeled": 0, "removed_from_pool": 0},
-    }  # fmt: skip
-    (labeled / JOURNAL_FILE).write_text(json.dumps(journal))
+    leave_pending_journal(labeled, tmp_path / "x.jsonl")
     assert finish_interrupted_ingest(labeled)
     assert not (labeled / JOURNAL_FILE).exists()
     assert "x1" in labeled_ids(labeled, ["ner"])
