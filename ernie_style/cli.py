@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from ernie_style import __version__
+from ernie_style.run_lock import RunLockedError
 
 #: Subcommand modules, in the order `--help` lists them.
 COMMANDS = (
@@ -69,8 +70,6 @@ def describe_error(error: BaseException) -> str:
 
 def exit_code(error: BaseException) -> int:
     """The exit code of a known error."""
-    from ernie_style.run_lock import RunLockedError
-
     if isinstance(error, RunLockedError):
         return EXIT_LOCKED
     return EXIT_USAGE if isinstance(error, _USAGE_ERRORS) else EXIT_IO
@@ -78,8 +77,6 @@ def exit_code(error: BaseException) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code. Known errors print one line, not a traceback."""
-    from ernie_style.run_lock import RunLockedError
-
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
