@@ -25,6 +25,8 @@ from typing import Any
 
 from _render import render_page
 
+from ernie_style.fileio import atomic_write
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
@@ -146,13 +148,6 @@ def run_bench(bench: Bench, extra: list[str]) -> dict[str, Any]:
         "results": results,
         "output": [ln for ln in lines if "\r" not in ln][-120:],
     }
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main() -> int:
