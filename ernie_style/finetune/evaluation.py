@@ -129,12 +129,17 @@ def write_predictions(path: Path, predictions: SplitPredictions) -> None:
 
 
 def metrics_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
-    """Markdown table: one row per task and split, one column per metric."""
-    columns = sorted({m for splits in results.values() for r in splits.values() for m in r})
-    lines = ["| task | split | " + " | ".join(columns) + " |"]
-    lines.append("|" + "---|" * (len(columns) + 2))
-    for task, splits in results.items():
-        for split, values in splits.items():
-            cells = [f"{values[c]:.4f}" if c in values else "" for c in columns]
-            lines.append(f"| {task} | {split} | " + " | ".join(cells) + " |")
+    """Markdown table: one row per task and metric (only the task's own metrics), one column
+    per split, so every figure appears once and dev and test sit side by side."""
+    splits = list(dict.fromkeys(split for per_task in results.values() for split in per_task))
+    lines = ["| task | metric | " + " | ".join(splits) + " |"]
+    lines.append("|" + "---|" * (len(splits) + 2))
+    for task, per_task in results.items():
+        names = dict.fromkeys(name for values in per_task.values() for name in values)
+        for name in names:
+            cells = [
+                f"{per_task[split][name]:.4f}" if name in per_task.get(split, {}) else ""
+                for split in splits
+            ]
+            lines.append(f"| {task} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

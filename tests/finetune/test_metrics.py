@@ -247,3 +247,19 @@ def test_registry_names():
         "ndcg",
     }
     assert expected <= set(METRICS)
+
+
+def test_metrics_table_lists_each_task_metric_once_with_splits_side_by_side():
+    from ernie_style.finetune.evaluation import metrics_table
+
+    table = {
+        "ner": {"dev": {"entity_f1": 0.5}, "test": {"entity_f1": 0.25}},
+        "sst": {"dev": {"accuracy": 0.75, "f1_macro": 0.7}, "test": {"accuracy": 0.5}},
+    }
+    assert metrics_table(table).splitlines() == [
+        "| task | metric | dev | test |",
+        "|---|---|---|---|",
+        "| ner | entity_f1 | 0.5000 | 0.2500 |",
+        "| sst | accuracy | 0.7500 | 0.5000 |",
+        "| sst | f1_macro | 0.7000 |  |",
+    ]
