@@ -1,5 +1,6 @@
 """Shared timing helpers for the benchmarks: CPU contention from other processes, waiting for a
-quiet machine, and the measured bf16 matmul peak.
+quiet machine, the machine/precision header every benchmark prints, and the measured matmul
+peak of the precision a run uses.
 
 The benchmark machines are shared: another process busy on one of two cores slows a 2-thread
 torch step several times over (OpenMP threads wait for each other), so every timed section
@@ -82,16 +83,39 @@ def wait_for_quiet(
     return None
 
 
-def bf16_matmul_peak(sizes: tuple[int, ...] = (2048, 4096), repeats: int = 5) -> float:
-    """Best measured FLOP/s of a square bf16 matmul (2 n^3 FLOPs each) at the given sizes."""
+def precision_header(requested: str = "auto") -> tuple[Any, str]:
+    """(choice, line): what `requested` resolves to on this CPU, and the line every benchmark
+    prints at its top (CPU capability, cores, threads, chosen precision and why)."""
+    from ernie_style.precision import resolve_precision
+
+    choice = resolve_precision(requested, "cpu")
+    line = (
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads; {choice.describe()}"
+    )
+    return choice, line
+
+
+def matmul_peak(
+    dtype: torch.dtype, sizes: tuple[int, ...] = (512, 2048, 4096), repeats: int = 5
+) -> float:
+    """Best measured FLOP/s of a square matmul in `dtype` (2 n^3 FLOPs each) at the given sizes.
+
+    A larger size is skipped when the smaller one predicts over 5 s per multiplication (an
+    emulated dtype, e.g. bf16 on an AVX2-only CPU, would otherwise take many minutes).
+    """
     best = 0.0
-    for n in sizes:
-        a = torch.randn(n, n, dtype=torch.bfloat16)
-        b = torch.randn(n, n, dtype=torch.bfloat16)
-        out = torch.empty(n, n, dtype=torch.bfloat16)
+    for i, n in enumerate(sizes):
+        a = torch.randn(n, n, dtype=dtype)
+        b = torch.randn(n, n, dtype=dtype)
+        out = torch.empty(n, n, dtype=dtype)
         torch.mm(a, b, out=out)  # warm-up: oneDNN/AMX kernel selection, page faults
+        slowest = 0.0
         for _ in range(repeats):
             start = time.perf_counter()
             torch.mm(a, b, out=out)
-            best = max(best, 2 * n**3 / (time.perf_counter() - start))
+            elapsed = time.perf_counter() - start
+            best, slowest = max(best, 2 * n**3 / elapsed), max(slowest, elapsed)
+        if i + 1 < len(sizes) and slowest * (sizes[i + 1] / n) ** 3 > 5.0:
+            break
     return best

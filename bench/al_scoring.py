@@ -2,7 +2,8 @@
 
 A `small` encoder (hidden 256, 4 layers) is fine-tuned briefly on the shipped active-learning
 seed set (WNUT-16 tweets: gold NER + silver POS, two token tasks) and exported per task. Then,
-over the 360-tweet pool, batch 32, bf16 autocast, 2 threads:
+over the 360-tweet pool, batch 32, 2 threads, both sides in the precision `auto` picks on this
+machine (bf16 autocast where the CPU runs bf16 natively, fp32 where it is emulated):
 
 - (a) `score_pool(method="ec")`: pool encoding per task, batched forward passes, per-word entropy
   confidences and readable pre-annotations for both tasks;
@@ -21,11 +22,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 from _results import record
-from _timing import ForeignLoad
+from _timing import ForeignLoad, precision_header
+
+from ernie_style.precision import autocast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -75,7 +79,7 @@ def time_ours(trainer: object) -> tuple[float, int]:
     return seconds, scores.confidences.size
 
 
-def time_stock(trainer: object) -> tuple[float, int]:
+def time_stock(trainer: object, choice: Any) -> tuple[float, int]:
     """(seconds, example-task pairs) of stock token-classification inference per task."""
     from transformers import AutoModelForTokenClassification
 
@@ -92,7 +96,7 @@ def time_stock(trainer: object) -> tuple[float, int]:
     tokenizer = trainer.tokenizer
     with ForeignLoad() as load:
         start = time.perf_counter()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), autocast(choice, torch.device("cpu")):
             for model in models:
                 for i in range(0, len(words), BATCH):
                     inputs = tokenizer(
@@ -112,19 +116,21 @@ def time_stock(trainer: object) -> tuple[float, int]:
 def main() -> None:
     """Train once, time both, print the ratio."""
     torch.set_num_threads(2)
+    choice, header = precision_header("auto")
+    print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = train_model(Path(tmp))
         torch.set_num_threads(2)
         time_ours(trainer)  # warm-up (allocator, kernels)
         ours_s, ours_n = time_ours(trainer)
-        stock_s, stock_n = time_stock(trainer)
+        stock_s, stock_n = time_stock(trainer, choice)
     ours, stock = ours_n / ours_s, stock_n / stock_s
     print(f"(a) score_pool (EC, 2 tasks)        {ours:8.1f} example-task pairs/s")
     print(f"(b) transformers inference (logits) {stock:8.1f} example-task pairs/s")
     verdict = "MET" if ours / stock >= 1.0 else "NOT MET"
     print(f"ratio (a)/(b): {ours / stock:.2f}x (target >= 1.0: {verdict})")
     record(
-        "AL scoring pairs/s, score_pool / transformers inference",
+        f"AL scoring pairs/s, score_pool / transformers inference ({choice.dtype})",
         ours / stock,
         ">= 1.0",
         ours / stock >= 1.0,

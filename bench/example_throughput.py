@@ -1,7 +1,8 @@
 """Example construction for all seven tasks vs. how fast the tiny model trains on them.
 
 Target: building examples (tokens/s, tokenization included) is >= 5x faster than the tiny model
-trains on them (bf16 autocast, AdamW, batch 32, sequence 128), so data never starves training.
+trains on them (in the precision `auto` picks on this machine, AdamW, batch 32, sequence 128),
+so data never starves training.
 
     .venv/bin/python bench/example_throughput.py [--documents 40] [--steps 20]
 """
@@ -13,16 +14,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from _results import record
+from _timing import precision_header
 from transformers import ErnieModel
 
 from ernie_style.corpus import load_corpus
 from ernie_style.document import DocumentSequence
 from ernie_style.examples import CorpusContext, collate
 from ernie_style.model import ErniePretrainingModel, build_backbone_config
+from ernie_style.precision import autocast
 from ernie_style.registry import registered_tasks
 from ernie_style.stream import TaskExampleStream
 from ernie_style.tokenizer import load_tokenizer
@@ -58,7 +62,9 @@ def construction_rate(corpus_dir: Path, documents: int, seq_len: int) -> tuple[f
     return total_tokens / (time.perf_counter() - start), per_task
 
 
-def training_rate(corpus_dir: Path, steps: int, seq_len: int, batch_size: int) -> float:
+def training_rate(
+    corpus_dir: Path, steps: int, seq_len: int, batch_size: int, choice: Any
+) -> float:
     """Tokens/s (non-padding) of the tiny model training round-robin on all seven tasks."""
     torch.manual_seed(0)
     tokenizer = load_tokenizer(corpus_dir / "tokenizer")
@@ -71,7 +77,7 @@ def training_rate(corpus_dir: Path, steps: int, seq_len: int, batch_size: int) -
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(batch: dict) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(choice, torch.device("cpu")):
             loss = model(batch).loss
         loss.backward()
         optimizer.step()
@@ -95,14 +101,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--corpus", type=Path, default=ROOT / "runs" / "bench" / "corpus")
     args = parser.parse_args()
+    choice, header = precision_header("auto")
+    print(header, flush=True)
     corpus_dir = prepared_corpus(args.corpus)
     build, per_task = construction_rate(corpus_dir, args.documents, args.seq_len)
-    train = training_rate(corpus_dir, args.steps, args.seq_len, args.batch_size)
+    train = training_rate(corpus_dir, args.steps, args.seq_len, args.batch_size, choice)
     print(f"machine: {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     for name, rate in per_task.items():
         print(f"  build {name:<24} {rate:>12,.0f} tokens/s")
     print(f"example construction, all 7 tasks: {build:>12,.0f} tokens/s")
-    print(f"tiny model training (bf16):        {train:>12,.0f} tokens/s")
+    print(f"tiny model training ({choice.dtype}):        {train:>12,.0f} tokens/s")
     print(f"ratio construction/training: {build / train:.1f}x (target >= 5x)")
     record(
         "example construction / tiny-model training tokens/s",

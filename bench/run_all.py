@@ -65,9 +65,10 @@ BENCHES = (
         ("--repeats", "3"),
         "Training throughput",
         "Our seven-task step through the real trainer path vs stock `BertForMaskedLM` + "
-        "`DataCollatorForLanguageModeling` trained by the transformers `Trainer` (bf16, fused "
-        "AdamW, eager and torch_compile), hidden 512, 4 layers, vocabulary 30522, sequence "
-        "128, batch 32; (a) and compiled (b) alternate three times, the ratio is the median.",
+        "`DataCollatorForLanguageModeling` trained by the transformers `Trainer` (bf16 where "
+        "native, else fp32, on both sides; fused AdamW; eager and torch_compile, then the "
+        "faster), hidden 512, 4 layers, vocabulary 30522, sequence 128, batch 32; (a) and (b) "
+        "alternate three times, the ratio is the median.",
     ),
     Bench(
         "finetune",
@@ -75,7 +76,8 @@ BENCHES = (
         (),
         "Fine-tuning throughput",
         "Our multi-task fine-tuning step vs the transformers `Trainer` on "
-        "`ErnieForSequenceClassification`; GradNorm vs equal loss weights.",
+        "`ErnieForSequenceClassification` (both in the precision `auto` picks; stock eager and "
+        "torch_compile, the faster); GradNorm vs equal loss weights.",
     ),
     Bench(
         "al_select",
@@ -90,7 +92,39 @@ BENCHES = (
         "bench/al_scoring.py",
         (),
         "Active-learning scoring",
-        "`score_pool` (bf16, batched) vs plain transformers inference producing the same logits.",
+        "`score_pool` (precision auto, batched) vs plain transformers inference producing the "
+        "same logits.",
+    ),
+    Bench(
+        "kernels",
+        "bench/precision_kernels.py",
+        (),
+        "CPU kernels by precision",
+        "The CPU dropout/attention kernels, chunked cross-entropy and packing vs the stock "
+        "PyTorch paths, in fp32 (and bf16 where native): what `auto` keeps on this CPU.",
+    ),
+    Bench(
+        "kernels_avx2",
+        "bench/precision_kernels.py",
+        ("--emulate-avx2",),
+        "CPU kernels by precision, emulated AVX2-only CPU",
+        "As above, with torch and oneDNN capped at AVX2 (bf16 emulated, `auto` = fp32).",
+    ),
+    Bench(
+        "precision_demo",
+        "bench/precision_demo.py",
+        (),
+        "`make demo` pretraining: shipped precision (auto) vs fp32",
+        "The demo's pretraining with `configs/pretrain/demo_cpu.yaml` as shipped vs the same "
+        "run with `precision=fp32`, each in its own process (target >= 0.9x).",
+    ),
+    Bench(
+        "precision_demo_avx2",
+        "bench/precision_demo.py",
+        ("--emulate-avx2",),
+        "`make demo` pretraining on an emulated AVX2-only CPU: auto vs fp32",
+        "As above on an AVX2-only CPU (torch and oneDNN capped at AVX2): before `auto`, the "
+        "shipped bf16 made this 25-30x slower than fp32 (issue 12).",
     ),
 )
 
@@ -113,6 +147,10 @@ def machine() -> dict[str, Any]:
         kib = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
         info["memory_gib"] = round(kib / 2**20, 1)
     info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    from ernie_style.precision import resolve_precision
+
+    info["cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
+    info["precision_auto"] = resolve_precision("auto", "cpu").describe()
     for package in ("torch", "transformers", "accelerate", "deepspeed", "spacy"):
         try:
             info[package] = __import__(package).__version__

@@ -3,26 +3,30 @@
 Measured in one run, on one prepared corpus (`ernie-style prepare --annotator none
 --train-tokenizer 30522` of the bundled Wikipedia sample), same encoder size for both sides
 (hidden 512, 4 layers, 8 heads, intermediate 2048, vocabulary 30522), sequence 128, batch 32,
-bf16 autocast on CPU, `torch.set_num_threads(2)`:
+each side in its fastest precision on the machine it runs on (bf16 autocast where the CPU
+runs bf16 natively, fp32 where bf16 is only emulated: `ernie_style.precision`),
+`torch.set_num_threads(2)`:
 
 (a) ours: `PretrainTrainer` with all seven registered tasks active in one stage (each step
     samples one task by remaining budget, as in the continual schedule's late stages), driven
     through the trainer's own `_next_batches()` (task sampling, example construction, collation)
-    and `_train_step()` (accelerate bf16 autocast forward, backward, NaN check, grad clipping,
-    AdamW) in a timed loop. The model size is not reachable through the config (model presets
-    only), so `ernie_style.run_state.build_backbone_config` is wrapped while the trainer is
-    built: it gets the size overrides above and everything else is the real code path.
+    and `_train_step()` (accelerate autocast forward in the `precision: auto` choice, backward,
+    NaN check, grad clipping, AdamW) in a timed loop. The model size is not reachable through
+    the config (model presets only), so `ernie_style.run_state.build_backbone_config` is
+    wrapped while the trainer is built: it gets the size overrides above and everything else
+    is the real code path.
 (b) stock `transformers.BertForMaskedLM` + `DataCollatorForLanguageModeling` (15% masking)
-    trained by `transformers.Trainer` with its fastest CPU settings: bf16=True, use_cpu=True,
-    fused AdamW (the default), in-process data loading (no workers on 2 cores), no evaluation,
-    no checkpoints, no logging, report_to none; once eager and once with torch_compile. The
+    trained by `transformers.Trainer` with its fastest CPU settings: bf16=True where bf16 is
+    native (fp32 elsewhere), use_cpu=True, fused AdamW (the default), in-process data loading
+    (no workers on 2 cores), no evaluation, no checkpoints, no logging, report_to none; eager
+    and with torch_compile in the first repeat, then only the faster of the two. The
     corpus text is tokenized with the same tokenizer and grouped into 128-token blocks
     (run_mlm style), so (b) has no padding at all.
 
 Reported for each: tokens/s (non-padding input tokens: `attention_mask.sum()` of every micro-
 batch for (a), exactly what the trainer logs; the lengths of the unpadded 128-token blocks for
 (b)), steps/s, the ratio (a)/(b) (target >= 2.0), model FLOP utilisation against a measured
-bf16 matmul peak, and for (a) the fraction of the step spent waiting for data in
+matmul peak in the precision used, and for (a) the fraction of the step spent waiting for data in
 `_next_batches` (target < 5%).
 
 FLOPs (training = forward + backward = 3x forward = 6 FLOPs per parameter per token):
@@ -65,7 +69,7 @@ from typing import Any
 
 import torch
 from _results import record
-from _timing import ForeignLoad, bf16_matmul_peak, wait_for_quiet
+from _timing import ForeignLoad, matmul_peak, precision_header, wait_for_quiet
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample_corpus" / "wiki_sample.jsonl"
@@ -208,7 +212,7 @@ def run_ours(args: argparse.Namespace, corpus: Path, workdir: Path) -> tuple[Sec
         f"data.corpus={corpus}",
         f"output_dir={workdir / 'ours'}",
         f"batch_size={args.batch_size}",
-        "precision=bf16",
+        "precision=auto",
         f"data.max_seq_len={args.seq_len}",
         f"num_workers_threads={args.threads}",
         "model.preset=small",  # sizes replaced by backbone_size(); dropout etc. from the config
@@ -356,7 +360,7 @@ def run_hf(
         per_device_train_batch_size=args.batch_size,
         max_steps=warmup + steps,
         learning_rate=5e-4,
-        bf16=True,
+        bf16=args.bf16,
         use_cpu=True,
         optim="adamw_torch_fused",
         torch_compile=compile_model,
@@ -471,21 +475,31 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*has no phrase or entity annotation.*")
     started = time.perf_counter()
 
+    choice, header = precision_header("auto")
+    print(header, flush=True)
+    args.bf16 = choice.dtype == "bf16"  # the stock side's fastest setting on this machine too
     corpus = prepared_corpus(args.corpus, VOCAB)
     quiet(args, "peak")
     with ForeignLoad() as load:
-        peak = bf16_matmul_peak()
+        peak = matmul_peak(choice.autocast_dtype or torch.float32)
     print(
-        f"machine: torch {torch.__version__}, {torch.get_num_threads()} threads; bf16 matmul "
-        f"peak {peak / 1e9:,.0f} GFLOP/s (best of 2048^3 and 4096^3 torch.mm, foreign load "
-        f"{load.cores if load.cores is not None else float('nan'):.2f} cores)",
+        f"machine: torch {torch.__version__}, {torch.get_num_threads()} threads; {choice.dtype} "
+        f"matmul peak {peak / 1e9:,.0f} GFLOP/s (best torch.mm up to 4096^3, foreign load "
+        f"{load.cores if load.cores is not None else float('nan'):.2f} cores); both sides in "
+        f"{choice.dtype}",
         flush=True,
     )
     ratios: list[float] = []
+    # The first repeat times (b) eager and compiled; later repeats only the faster of the two.
+    variants = [False] + ([] if args.no_compile else [True])
     with tempfile.TemporaryDirectory(prefix="train_throughput_") as tmp:
         for repeat in range(args.repeats):
             workdir = Path(tmp) / f"repeat-{repeat}"
-            sections, ours_info = measure_once(args, corpus, workdir, first=repeat == 0)
+            sections, ours_info = measure_once(args, corpus, workdir, variants)
+            if len(sections) > 2:
+                faster = max(sections[1:], key=lambda s: s.tokens_per_s)
+                variants = ["torch_compile" in faster.name]
+                print(f"faster stock variant on this machine: {faster.name}", flush=True)
             print(f"\nrepeat {repeat + 1}/{args.repeats}")
             for section in sections:
                 print("\n".join(describe(section, peak)))
@@ -500,10 +514,9 @@ def main() -> None:
 
 
 def measure_once(
-    args: argparse.Namespace, corpus: Path, workdir: Path, first: bool
+    args: argparse.Namespace, corpus: Path, workdir: Path, variants: list[bool]
 ) -> tuple[list[Section], dict]:
-    """(a), then (b): eager on the first repeat only (it has always been the slower (b)),
-    compiled on every repeat unless `--no-compile`."""
+    """(a), then (b) in each of `variants` (False: eager, True: torch_compile)."""
     quiet(args, "(a)")
     ours, ours_info = run_ours(args, corpus, workdir)
     gc.collect()
@@ -516,7 +529,6 @@ def measure_once(
     sections = [ours]
     if args.skip_hf:
         return sections, ours_info
-    variants = ([False] if first else []) + ([] if args.no_compile else [True])
     for compiled in variants:
         # TrainingArguments(torch_compile=True) exports ACCELERATE_DYNAMO_* for the process,
         # which would make the next repeat's (a) compile our model too: restore the env.
@@ -553,7 +565,7 @@ def report(
             f"alternating repeats ({each}) (target >= 2.0: {verdict})"
         )
         record(
-            "training tokens/s, ours / HF Trainer (faster (b))",
+            f"training tokens/s, ours / HF Trainer (faster (b)), {'bf16' if args.bf16 else 'fp32'}",
             ratio,
             ">= 2.0",
             ratio >= 2.0,
@@ -567,7 +579,7 @@ def report(
     )
     mfu = ours.flops / ours.seconds / peak
     record(
-        "training MFU (ours) vs measured bf16 matmul peak",
+        f"training MFU (ours) vs measured {'bf16' if args.bf16 else 'fp32'} matmul peak",
         mfu,
         "reported",
         None,
