@@ -11,6 +11,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,8 +58,22 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class Override:
+    """A command-line value: its YAML reading and its literal text.
+
+    `from_dict` takes the text where the option is typed as a string and YAML would read the
+    text as something else: `precision=no`, `x=off`, `name=yes` stay strings there, while
+    `flag=yes` still sets a bool option to True.
+    """
+
+    value: Any
+    text: str
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply `dotted.key=value` overrides (values parsed as YAML) to a nested mapping."""
+    """Apply `dotted.key=value` overrides (values parsed as YAML, kept as `Override` leaves
+    with their text) to a nested mapping."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -73,10 +88,12 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         parts = key.split(".")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
+            if isinstance(child, Override) and isinstance(child.value, dict):
+                child = node[part] = child.value  # an earlier `key={...}` override
             if not isinstance(child, dict):
                 raise ValueError(f"override {item!r}: {part!r} is not a section")
             node = child
-        node[parts[-1]] = value
+        node[parts[-1]] = Override(value, raw)
     return data
 
 
@@ -106,7 +123,47 @@ def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str = "") -> C:
     return obj
 
 
+def _admits(hint: Any, kind: type) -> bool:
+    """Whether a type hint accepts values of `kind` (through unions and literals)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_admits(arg, kind) for arg in typing.get_args(hint))
+    if origin is typing.Literal:
+        return any(type(arg) is kind for arg in typing.get_args(hint))
+    return hint is kind
+
+
+def _from_override(hint: Any, override: Override) -> Any:
+    """The override's text for a string option that YAML reads as a scalar of another type."""
+    parsed = override.value
+    scalar = isinstance(parsed, bool | int | float) or (
+        parsed is None and not _admits(hint, type(None))
+    )
+    if scalar and _admits(hint, str) and not _admits(hint, type(parsed)):
+        return override.text
+    return parsed
+
+
+def _plain(value: Any) -> Any:
+    """`value` with every `Override` leaf replaced by its YAML reading."""
+    if isinstance(value, Override):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _yaml_boolean_hint(value: Any) -> str:
+    if isinstance(value, bool):
+        return " (YAML reads no/off/yes/on as booleans: quote the value, e.g. 'no')"
+    return ""
+
+
 def _convert(hint: Any, value: Any, key: str) -> Any:
+    if isinstance(value, Override):
+        value = _from_override(hint, value)
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, {} if value is None else value, key + ".")  # type: ignore[arg-type]
@@ -124,8 +181,12 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
                 errors.append(str(error))
         raise ValueError(f"config key {key!r}: {value!r} fits none of {hint}: {errors}")
     if origin is typing.Literal:
-        if value not in typing.get_args(hint):
-            raise ValueError(f"config key {key!r} must be one of {typing.get_args(hint)}")
+        allowed = typing.get_args(hint)
+        if value not in allowed or type(value) not in {type(a) for a in allowed}:
+            raise ValueError(
+                f"config key {key!r} must be one of {allowed}, got {value!r}"
+                + _yaml_boolean_hint(value)
+            )
         return value
     if origin is list:
         if not isinstance(value, list):
@@ -138,7 +199,7 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
         _, item = typing.get_args(hint) or (str, Any)
         return {str(k): _convert(item, v, f"{key}.{k}") for k, v in value.items()}
     if hint is Any:
-        return value
+        return _plain(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str) and _FLOAT.match(value.strip()):
@@ -147,6 +208,7 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
             raise ValueError(
                 f"config key {key!r} must be {hint.__name__}, got {type(value).__name__} {value!r}"
+                + (_yaml_boolean_hint(value) if hint is str else "")
             )
         return value
     return value

@@ -21,8 +21,11 @@ def is_deepspeed_engine(model: Any) -> bool:
     return type(model).__name__ == "DeepSpeedEngine"
 
 
-def resolve_config(path: str | Path, micro_batch: int, accum: int, world: int, config: Any) -> dict:
-    """A DeepSpeed JSON config with its "auto" values filled from the run config."""
+def resolve_config(
+    path: str | Path, micro_batch: int, accum: int, world: int, config: Any, precision: str
+) -> dict:
+    """A DeepSpeed JSON config with its "auto" values filled from the run config and the
+    resolved precision (`bf16`, `fp16` or `fp32`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"deepspeed config {path} does not exist")
@@ -30,18 +33,22 @@ def resolve_config(path: str | Path, micro_batch: int, accum: int, world: int, c
         ds = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: invalid JSON: {error}") from error
-    fill_auto(ds, micro_batch, accum, world, config)
+    fill_auto(ds, micro_batch, accum, world, config, precision)
     return ds
 
 
-def fill_auto(ds: dict, micro_batch: int, accum: int, world: int, config: Any) -> None:
-    """Fill DeepSpeed's "auto" batch, clipping and precision fields in place."""
+def fill_auto(
+    ds: dict, micro_batch: int, accum: int, world: int, config: Any, precision: str
+) -> None:
+    """Fill DeepSpeed's "auto" batch, clipping and precision fields in place; `precision` is
+    the run's resolved one (`bf16`, `fp16` or `fp32`)."""
     ds["train_micro_batch_size_per_gpu"] = micro_batch
     ds["gradient_accumulation_steps"] = accum
     ds["train_batch_size"] = micro_batch * accum * world
     if ds.get("gradient_clipping", "auto") == "auto":
         ds["gradient_clipping"] = config.optim.max_grad_norm
-    for key, wanted in (("bf16", config.precision == "bf16"), ("fp16", config.precision == "fp16")):
+    for key in ("bf16", "fp16"):
+        wanted = precision == key
         section = ds.setdefault(key, {})
         if section.get("enabled", "auto") == "auto":
             section["enabled"] = wanted

@@ -130,7 +130,16 @@ def _task_table(state: dict[str, Any], run_config: dict[str, Any]) -> dict[str, 
         "tokens_seen": state.get("tokens_seen", 0),
         "corpus": run_config.get("data", {}).get("corpus"),
         "max_seq_len": run_config.get("data", {}).get("max_seq_len"),
+        "precision": state.get("precision") or {"dtype": run_config.get("precision", "unknown")},
     }
+
+
+def _precision_line(precision: dict[str, str]) -> str:
+    """e.g. `fp32 (precision auto: this CPU has no native bf16; AVX2)`."""
+    dtype = precision.get("dtype", "unknown")
+    if "requested" not in precision:
+        return dtype
+    return f"{dtype} (precision {precision['requested']}: {precision.get('reason', '')})"
 
 
 def model_card(tasks: dict[str, Any], config: ErnieConfig, source: Path) -> str:
@@ -149,6 +158,7 @@ tags: [ernie, ernie-2.0, continual-pretraining, ernie-style]
 
 Continual multi-task pretraining: {tasks["steps"]} steps, {tasks["tokens_seen"]:,} tokens seen,
 corpus `{tasks["corpus"]}`, sequence length {tasks["max_seq_len"]}, exported from `{source}`.
+Trained in {_precision_line(tasks["precision"])}.
 Encoder: {config.num_hidden_layers} layers, hidden {config.hidden_size},
 {config.num_attention_heads} heads, vocabulary {config.vocab_size}, task embeddings
 (`use_task_id: true`, {config.task_type_vocab_size} rows), {config.type_vocab_size} segment types.

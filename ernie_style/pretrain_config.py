@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from ernie_style.config import option
 from ernie_style.model import MODEL_PRESETS
+from ernie_style.precision import Precision
 from ernie_style.schedule import ContinualSchedule, auto_allocation, explicit_allocation
 
 
@@ -99,7 +100,10 @@ class PretrainConfig:
     output_dir: str = option("runs/pretrain", "run directory: checkpoints, logs, plots")
     seed: int = option(0, "seed for data order, task sampling, masking and dropout")
     batch_size: int = option(32, "global batch size (examples per step over all processes)")
-    precision: Literal["bf16", "fp16", "no"] = option("bf16", "autocast dtype (fp16: GPU only)")
+    precision: Precision = option(
+        "auto",
+        "auto (bf16 where native, else fp32) | bf16 | fp16 (GPU) | fp32 (alias: no)",
+    )
     model: ModelSection = option(default_factory=ModelSection, help="encoder")
     data: DataSection = option(default_factory=DataSection, help="corpus and tokenizer")
     tasks: dict[str, TaskSection] = option({}, "task name -> budget/options, in order of entry")

@@ -68,6 +68,9 @@ class RunState:
     tokens_seen: int = 0
     #: Loss balancing across the step's tasks (`ernie_style.balancing`); set by the trainer.
     balancer: LossBalancer | None = None
+    #: The precision the run computes in (`PrecisionChoice.to_dict()`); set by the trainer and
+    #: recorded in every checkpoint and release.
+    precision: dict[str, str] = field(default_factory=dict)
     _heldout: dict[str, list[dict]] = field(default_factory=dict)
 
     @property
@@ -240,6 +243,7 @@ def _trainer_state(state: RunState, accelerator: Any) -> dict[str, Any]:
         "tokens_seen": state.tokens_seen,
         "nonfinite_in_a_row": state.nonfinite_in_a_row,
         "num_processes": accelerator.num_processes,
+        "precision": state.precision,
     }
 
 

@@ -40,6 +40,7 @@ from ernie_style.export import RELEASE_MARKER
 from ernie_style.fileio import atomic_write
 from ernie_style.lr import StageLR
 from ernie_style.monitor import RunLogger
+from ernie_style.precision import PrecisionChoice, resolve_precision, run_device_type
 from ernie_style.pretrain_config import PretrainConfig
 from ernie_style.run_state import (
     RunState,
@@ -56,27 +57,26 @@ class NonFiniteLossError(RuntimeError):
     """Raised after too many consecutive NaN/inf losses (a checkpoint was saved first)."""
 
 
-def make_accelerator(config: Any) -> Accelerator:
-    """An Accelerator on CPU when there is no GPU; unused task heads are allowed under DDP."""
-    precision = config.precision
+def make_accelerator(precision: PrecisionChoice) -> Accelerator:
+    """An Accelerator on CPU when there is no GPU, in the resolved precision; unused task heads
+    are allowed under DDP."""
+    mixed = precision.mixed_precision
     no_gpu = not torch.cuda.is_available()
-    if no_gpu and precision == "fp16":
-        raise ValueError("precision=fp16 needs a GPU; use bf16 on CPU")
+    if no_gpu and mixed == "fp16":
+        raise ValueError("precision=fp16 needs a GPU; use auto, bf16 or fp32 on CPU")
     # `cpu=True` would silently turn a DeepSpeed launch into plain multi-CPU; DeepSpeed picks
     # its own CPU accelerator when there is no GPU.
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     state = AcceleratorState._shared_state
     compiling = getattr(state.get("dynamo_plugin"), "backend", DynamoBackend.NO)
-    if state and (
-        state.get("_mixed_precision", precision) != precision or compiling != DynamoBackend.NO
-    ):
+    if state and (state.get("_mixed_precision", mixed) != mixed or compiling != DynamoBackend.NO):
         # Another run in this process (active-learning rounds, tests, a transformers Trainer
         # with torch_compile) chose another precision or a compiler: accelerate keeps one
         # global state, so start it afresh (the process group is kept).
         AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         cpu=no_gpu and not deepspeed,
-        mixed_precision=precision,
+        mixed_precision=mixed,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         # Never torch.compile the model (not even when ACCELERATE_DYNAMO_BACKEND is set): the
         # CPU dropout kernel draws its masks with numpy, which dynamo cannot trace.
@@ -95,7 +95,8 @@ class PretrainTrainer:
     def __init__(self, config: PretrainConfig, resume: str | None = None) -> None:
         self.config = config
         self.run_dir = Path(config.output_dir)
-        self.accelerator = make_accelerator(config)
+        self.precision = resolve_precision(config.precision, run_device_type())
+        self.accelerator = make_accelerator(self.precision)
         world = self.accelerator.num_processes
         check_batch_divides(config, world)
         if config.num_workers_threads:
@@ -106,6 +107,7 @@ class PretrainTrainer:
             fused_optimizer=not uses_deepspeed(self.accelerator, config),
         )
         self.state.balancer = self._build_balancer(config)
+        self.state.precision = self.precision.to_dict()
         checkpoint = resolve_resume(
             resume, self.run_dir / "checkpoints", self._print, "checkpoint or release"
         )
@@ -140,10 +142,8 @@ class PretrainTrainer:
             self._last_shared_layer(),
         )
         self.logger = RunLogger(self.run_dir, enabled=self.accelerator.is_main_process)
-        self._print(
-            f"{self.backend_name()}, precision {config.precision}, "
-            f"{self.state.schedule.total_steps} steps"
-        )
+        self._print(self.precision.describe())
+        self._print(f"{self.backend_name()}, {self.state.schedule.total_steps} steps")
 
     def backend_name(self) -> str:
         """e.g. 'DeepSpeed ZeRO-2 x 2 process(es) on cpu' or 'MULTI_GPU x 8 process(es) on cuda'."""
@@ -190,9 +190,18 @@ class PretrainTrainer:
         world, accum = accel.num_processes, config.optim.grad_accum_steps
         micro = config.batch_size // tasks_per_step(config) // world // accum
         if accel.distributed_type == DistributedType.DEEPSPEED:
-            fill_auto(accel.state.deepspeed_plugin.deepspeed_config, micro, accum, world, config)
+            fill_auto(
+                accel.state.deepspeed_plugin.deepspeed_config,
+                micro,
+                accum,
+                world,
+                config,
+                self.precision.dtype,
+            )
         elif config.deepspeed:
-            ds_config = resolve_config(config.deepspeed, micro, accum, world, config)
+            ds_config = resolve_config(
+                config.deepspeed, micro, accum, world, config, self.precision.dtype
+            )
             engine = deepspeed_initialize(state.model, state.optimizer, ds_config)
             return engine, engine.optimizer
         return accel.prepare(state.model, state.optimizer)
@@ -217,6 +226,7 @@ class PretrainTrainer:
         )
         window: dict[str, list[float]] = {}
         tokens_in_window, window_start, data_seconds = 0, time.perf_counter(), 0.0
+        run_start, run_tokens = window_start, self.state.tokens_seen
         while not schedule.finished:
             stage_before = schedule.stage
             step = schedule.step
@@ -258,6 +268,12 @@ class PretrainTrainer:
                 self.save()
         bar.close()
         self.logger.close()
+        seconds, tokens = time.perf_counter() - run_start, self.state.tokens_seen - run_tokens
+        if tokens:
+            self._print(
+                f"trained {tokens:,} tokens in {seconds:.1f} s: {tokens / seconds:,.0f} tokens/s "
+                f"({self.precision.dtype}, evaluation and checkpoints included)"
+            )
         self.accelerator.wait_for_everyone()
         return self.run_dir
 

@@ -60,7 +60,7 @@ def pretrain_config(variant: str, seed: int, args: argparse.Namespace, out: Path
         "output_dir": str(out),
         "seed": seed,
         "batch_size": 32,
-        "precision": "bf16",
+        "precision": "auto",  # bf16 where native (the recorded runs: a bf16-native CPU), else fp32
         "model": {"preset": args.preset},
         "data": {"corpus": str(args.corpus), "max_seq_len": 128, "heldout_documents": 6},
         "optim": {"lr": args.lr, "warmup_steps": 20},

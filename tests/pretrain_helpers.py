@@ -49,7 +49,7 @@ def write_config(path: Path, corpus: Path, output_dir: Path, **changes) -> Path:
         "output_dir": str(output_dir),
         "seed": 11,
         "batch_size": 8,
-        "precision": "bf16",
+        "precision": "auto",
         "model": {"preset": "tiny"},
         "data": {"corpus": str(corpus), "max_seq_len": 64, "heldout_documents": 3},
         "tasks": {

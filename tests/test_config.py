@@ -1,6 +1,8 @@
+from pathlib import Path
+
 import pytest
 
-from ernie_style.config import apply_overrides, load_config
+from ernie_style.config import Override, apply_overrides, load_config
 from ernie_style.pretrain_config import PretrainConfig
 
 BASE = [
@@ -9,9 +11,69 @@ BASE = [
 ]
 
 
-def test_overrides_are_parsed_as_yaml_values():
+def test_overrides_are_parsed_as_yaml_values_and_keep_their_text():
     data = apply_overrides({}, ["a.b=3", "c=true", "d=[1, 2]", "e=hello"])
-    assert data == {"a": {"b": 3}, "c": True, "d": [1, 2], "e": "hello"}
+    assert data == {
+        "a": {"b": Override(3, "3")},
+        "c": Override(True, "true"),
+        "d": Override([1, 2], "[1, 2]"),
+        "e": Override("hello", "hello"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [("precision=no", "no"), ("precision=fp32", "fp32"), ("precision='no'", "no")],
+)
+def test_precision_overrides_work_however_they_are_written(override, expected):
+    assert load_config(PretrainConfig, None, [*BASE, override]).precision == expected
+
+
+def test_string_options_take_the_literal_text_of_an_override():
+    config = load_config(
+        PretrainConfig,
+        None,
+        [*BASE, "output_dir=yes", "data.tokenizer=off", "tasks.capitalization.options.flag=yes"],
+    )
+    assert config.output_dir == "yes" and config.data.tokenizer == "off"
+    # Non-string options keep the YAML reading: a bool stays a bool, `null` is None.
+    assert config.tasks["capitalization"].options == {"flag": True}
+    config = load_config(
+        PretrainConfig, None, [*BASE, "schedule.mixed_batches=yes", "data.tokenizer=null"]
+    )
+    assert config.schedule.mixed_batches is True and config.data.tokenizer is None
+    with pytest.raises(ValueError, match="config key 'seed' must be int"):
+        load_config(PretrainConfig, None, [*BASE, "seed=yes"])
+
+
+def test_string_options_in_finetune_configs_take_the_literal_text_too(monkeypatch):
+    from ernie_style.finetune.config import FinetuneConfig
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the shipped config names its data relative to the repository
+    config = load_config(
+        FinetuneConfig,
+        root / "configs" / "finetune" / "demo_multitask.yaml",
+        ["encoder=on", "precision=no", "spacy_model=off"],
+    )
+    assert (config.encoder, config.precision, config.spacy_model) == ("on", "no", "off")
+
+
+def test_a_precision_typo_is_one_line_naming_the_key_and_the_accepted_values():
+    with pytest.raises(ValueError) as caught:
+        load_config(PretrainConfig, None, [*BASE, "precision=fp23"])
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "config key 'precision' must be one of" in message and "'fp23'" in message
+    for value in ("auto", "bf16", "fp16", "fp32", "no"):
+        assert f"'{value}'" in message
+
+
+def test_an_unquoted_no_in_a_yaml_file_says_to_quote_it(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("precision: no\n")
+    with pytest.raises(ValueError, match=r"run\.yaml: .*'precision'.*got False.*quote the value"):
+        load_config(PretrainConfig, path, BASE)
 
 
 def test_yaml_file_then_overrides(tmp_path):

@@ -11,6 +11,7 @@ import yaml
 from ernie_style.cli import main
 from ernie_style.config import load_config
 from ernie_style.deepspeed_support import fill_auto
+from ernie_style.precision import resolve_precision
 from ernie_style.pretrain_config import PretrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -34,6 +35,17 @@ def test_pretrain_configs_validate_and_dry_run(path, capsys):
     assert main(["pretrain", "--config", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "stage 1" in out and f"{schedule.total_steps:>10}" in out.splitlines()[-1]
+    assert resolve_precision("auto", "cpu").describe() in out.splitlines()
+
+
+@pytest.mark.parametrize(
+    "path", sorted(CONFIGS.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}"
+)
+def test_shipped_run_configs_let_the_hardware_pick_the_precision(path):
+    data = yaml.safe_load(path.read_text())
+    for key in ("precision", "mixed_precision"):
+        assert data.get(key, "auto") in ("auto", "no"), (path, key, data.get(key))
+    assert data.get("precision", "auto") == "auto"
 
 
 def test_demo_and_baseline_spend_the_same_budget():
@@ -60,9 +72,13 @@ def test_deepspeed_configs_resolve(path):
     ds = json.loads(path.read_text())
     assert ds["zero_optimization"]["stage"] == int(path.stem[-1])
     config = load_config(PretrainConfig, CONFIGS / "pretrain" / "demo_cpu.yaml")
-    fill_auto(ds, micro_batch=4, accum=2, world=2, config=config)
+    fill_auto(ds, micro_batch=4, accum=2, world=2, config=config, precision="bf16")
     assert ds["train_batch_size"] == 16 and ds["bf16"]["enabled"] is True
+    assert ds["fp16"]["enabled"] is False
     assert "auto" not in json.dumps(ds)
+    fp32 = json.loads(path.read_text())
+    fill_auto(fp32, micro_batch=4, accum=2, world=2, config=config, precision="fp32")
+    assert fp32["bf16"]["enabled"] is False and fp32["fp16"]["enabled"] is False
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):

@@ -12,7 +12,9 @@ Two estimates (Rotman & Reichart, TACL 2022), each in [0, 1]:
   (token tasks). Computed from class counts: sum_c n_c (n_c - 1) / (k (k - 1)).
 
 Regression has no predicted distribution and is refused. Inference is batched, under
-`torch.no_grad()` and bf16 autocast (`precision="bf16"`) on the model's device, with a tqdm bar.
+`torch.no_grad()` and autocast in the resolved precision (`precision="auto"`: bf16 where the
+device runs it natively, else fp32; `ernie_style.precision`) on the model's device, with a tqdm
+bar.
 Predictions for pre-annotation come from one deterministic (eval-mode) pass: class names, a
 score (regression), the top candidate's index (ranking) or one tag per word (None for a word
 that truncation cut off; encoded examples carry their word count as `num_words`).
@@ -32,9 +34,10 @@ from tqdm.auto import tqdm
 
 from ernie_style.active_learning.pool import NUM_WORDS
 from ernie_style.finetune.data import IGNORE_INDEX, Encoded, EncodedTask
+from ernie_style.precision import autocast as precision_autocast
+from ernie_style.precision import resolve_precision
 
 METHODS = ("ec", "da")
-PRECISIONS = ("bf16", "fp16", "no")
 
 
 @dataclass
@@ -47,15 +50,8 @@ class PoolScores:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 (or fp16, CUDA only) autocast on `device`'s type, or nothing for `no`."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: unknown {precision!r}; choose one of {PRECISIONS}")
-    if precision == "no":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 needs a CUDA device; use bf16 or no")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    """Autocast on `device` in the resolved `precision` (auto, bf16, fp16 on CUDA, fp32/no)."""
+    return precision_autocast(resolve_precision(precision, device.type), device)
 
 
 def _check_type(task: EncodedTask) -> None:
@@ -188,7 +184,7 @@ def score_pool(
     seed: int = 0,
     batch_size: int = 32,
     device: str | torch.device | None = None,
-    precision: str = "bf16",
+    precision: str = "auto",
     progress: bool = True,
 ) -> PoolScores:
     """Confidences of `model` on the encoded pool, one column per task of `encoded`.
@@ -252,7 +248,7 @@ def predict_pool(
     encoded: Mapping[str, Sequence[Encoded]],
     batch_size: int = 32,
     device: str | torch.device | None = None,
-    precision: str = "bf16",
+    precision: str = "auto",
     progress: bool = True,
 ) -> dict[str, list[Any]]:
     """Eval-mode predictions (readable, see the module docstring) per task; any task type."""

@@ -30,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
     """Validate, then dry-run or train."""
     config = load_config(FinetuneConfig, args.config, args.overrides)
     if args.dry_run:
+        from ernie_style.precision import describe_for_this_machine
+
         print(dump_yaml(config))
+        print(describe_for_this_machine(config.precision))
         for task in config.tasks:
             size = config.batch_size_of(task)
             print(f"{task.name:24s} {task.type:22s} batch {size:4d}  metrics {task.metrics}")

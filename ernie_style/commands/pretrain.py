@@ -7,10 +7,13 @@ accelerate launch -m ernie_style pretrain --config ... --resume auto
 from __future__ import annotations
 
 import argparse
+import json
 import os
+from pathlib import Path
 
 from ernie_style.config import dump_yaml, load_config
 from ernie_style.pretrain_config import PretrainConfig
+from ernie_style.schedule import ContinualSchedule
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +30,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _resume_plan(config: PretrainConfig, schedule: ContinualSchedule, resume: str) -> None:
+    """Merge the schedule history of the checkpoint or release `--resume` names into
+    `schedule`, as the run will (stages already started keep the allocation they ran with)."""
+    from ernie_style.checkpoint import resolve_resume
+    from ernie_style.export import RELEASE_MARKER
+
+    root = Path(config.output_dir) / "checkpoints"
+    source = resolve_resume(resume, root, print, "checkpoint or release")
+    if source is None:
+        return
+    if (source / RELEASE_MARKER).is_file():
+        saved = json.loads((source / RELEASE_MARKER).read_text(encoding="utf-8"))["schedule"]
+    else:
+        state = json.loads((source / "trainer_state.json").read_text(encoding="utf-8"))
+        saved = state["schedule"]
+    schedule.load_state_dict(saved)
+    started = min(schedule.stage + 1, len(schedule.stages))
+    print(
+        f"resuming from {source} at step {schedule.step} of {schedule.total_steps}: stages "
+        f"1-{started} as they ran, later stages from this config"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate, then dry-run or train."""
     config = load_config(PretrainConfig, args.config, args.overrides)
@@ -35,7 +61,12 @@ def run(args: argparse.Namespace) -> int:
 
     check_batch_divides(config, int(os.environ.get("WORLD_SIZE", "1")))
     if args.dry_run:
+        from ernie_style.precision import describe_for_this_machine
+
         print(dump_yaml(config))
+        print(describe_for_this_machine(config.precision))
+        if args.resume:
+            _resume_plan(config, schedule, args.resume)
         print(schedule.plan_table())
         return 0
     from ernie_style.run_lock import locked_run

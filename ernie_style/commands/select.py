@@ -23,6 +23,7 @@ import numpy as np
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `select` subcommand."""
     from ernie_style.active_learning.selection import STRATEGIES
+    from ernie_style.precision import PRECISIONS
 
     parser = subparsers.add_parser("select", help="active learning: choose a batch to annotate")
     parser.add_argument("--model", type=Path, help="fine-tuning run directory (output_dir)")
@@ -44,7 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="inference batch size")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument(
-        "--precision", choices=("bf16", "fp16", "no"), default="bf16", help="autocast dtype"
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto (bf16 where native, else fp32) | bf16 | fp16 (GPU) | fp32 (= no)",
     )
     parser.set_defaults(func=run)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ernie_style.config import option
+from ernie_style.precision import Precision
 
 TASK_TYPES = (
     "classification",
@@ -260,7 +261,10 @@ class FinetuneConfig:
     encoder: str = option("", "local HF encoder directory (our release or a BERT/ERNIE encoder)")
     tokenizer: str | None = option(None, "HF tokenizer directory (default: the encoder dir)")
     max_seq_len: int = option(128, "tokens per example (per query-candidate pair for ranking)")
-    precision: Literal["bf16", "fp16", "no"] = option("bf16", "autocast dtype (fp16: GPU only)")
+    precision: Precision = option(
+        "auto",
+        "auto (bf16 where native, else fp32) | bf16 | fp16 (GPU) | fp32 (alias: no)",
+    )
     epochs: int = option(3, "passes over the training data (of the sampling-defined epoch)")
     lr: float = option(5e-5, "peak learning rate")
     weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")

@@ -39,8 +39,10 @@ def export_task(
     metrics: list[str],
     tokenizer: Any,
     output: Path,
+    precision: dict[str, str] | None = None,
 ) -> Path:
-    """Write task `task.name` of `model` as a stock `transformers` model directory."""
+    """Write task `task.name` of `model` as a stock `transformers` model directory
+    (`precision`: what the run trained in, recorded in its task file)."""
     head = model.heads[task.name]
     spec = transformers_export_spec(head)
     config = AutoConfig.for_model(**model.encoder.config.to_dict())
@@ -75,6 +77,7 @@ def export_task(
         "metrics": metrics,
         "architecture": spec.architecture,
         "trained_task_id": task_id,
+        "precision": precision or {},
     }
     (tmp / TASK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     if output.exists():

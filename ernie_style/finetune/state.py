@@ -83,6 +83,7 @@ def save_finetune_checkpoint(trainer: FinetuneTrainer) -> Path:
                     "best": trainer.best,
                     "tasks": list(trainer.tasks),
                     "num_processes": accel.num_processes,
+                    "precision": trainer.precision.to_dict(),
                 },
             )
             writer.save_text("config.yaml", dump_yaml(config))

@@ -45,6 +45,7 @@ from ernie_style.finetune.state import (
 )
 from ernie_style.lr import lr_factor
 from ernie_style.monitor import RunLogger
+from ernie_style.precision import resolve_precision, run_device_type
 from ernie_style.run_state import decay_groups
 from ernie_style.step import StepRunner
 from ernie_style.trainer import make_accelerator, step_seed
@@ -56,7 +57,9 @@ class FinetuneTrainer:
     def __init__(self, config: FinetuneConfig, resume: str | None = None) -> None:
         self.config = config
         self.run_dir = Path(config.output_dir)
-        self.accelerator = accel = make_accelerator(config)
+        self.precision = resolve_precision(config.precision, run_device_type())
+        self.accelerator = accel = make_accelerator(self.precision)
+        self._print(self.precision.describe())
         self.tokenizer = load_finetune_tokenizer(config)
         encoder = load_encoder(config.encoder, trust_remote_code=config.trust_remote_code)
         if encoder.config.vocab_size < len(self.tokenizer):
@@ -303,7 +306,14 @@ class FinetuneTrainer:
                 for name, task in self.tasks.items():
                     metrics = self.config.task(name).metrics or []
                     output = self.run_dir / "tasks" / name
-                    export_task(self.unwrapped, task, metrics, self.tokenizer, output)
+                    export_task(
+                        self.unwrapped,
+                        task,
+                        metrics,
+                        self.tokenizer,
+                        output,
+                        precision=self.precision.to_dict(),
+                    )
             else:
                 self._print(
                     f"sharing={self.config.sharing}: no stock transformers export (the mixture "

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from ernie_style.checkpoint import find_resumable, list_checkpoints
 from ernie_style.config import load_config
+from ernie_style.precision import resolve_precision
 from ernie_style.pretrain_config import PretrainConfig
 
 TOTAL_STEPS = 26  # 12 + 8 + 6
@@ -45,6 +46,10 @@ def test_uninterrupted_run_plans_trains_and_logs(reference_run):
     assert heldout[0] == "step,stage,task,loss,accuracy" and len(heldout) > 3
     assert (reference_run / "heldout_loss.png").stat().st_size > 1000
     assert list((reference_run / "tensorboard").glob("events.out.tfevents.*"))
+    # The checkpoint records the precision `auto` resolved to on this machine.
+    checkpoint = list_checkpoints(reference_run / "checkpoints")[-1]
+    recorded = json.loads((checkpoint / "trainer_state.json").read_text())["precision"]
+    assert recorded == resolve_precision("auto", "cpu").to_dict()
 
 
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run(
@@ -121,6 +126,24 @@ def test_resume_with_a_new_task_keeps_weights_optimizer_and_history(
     }
     assert state.schedule.stage == 3
 
+    # The dry run shows the plan the resumed run follows: the three stages as they ran, then the
+    # new one, with the real total (not the fresh 4-stage plan of the config).
+    dry = subprocess.run(
+        pretrain_cmd(config_path, "--resume", "auto", "--dry-run"),
+        capture_output=True,
+        env=child_env(),
+        text=True,
+    )
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    fresh_total = load_config(PretrainConfig, config_path).build_schedule().total_steps
+    assert state.schedule.total_steps != fresh_total
+    steps_row = [line for line in dry.stdout.splitlines() if line.startswith("steps ")]
+    assert steps_row[-1].split()[1:] == [
+        *(str(state.schedule.stage_length(s)) for s in range(4)),
+        str(state.schedule.total_steps),
+    ]
+    assert f"at step {TOTAL_STEPS} of {state.schedule.total_steps}" in dry.stdout
+
     run = subprocess.run(
         pretrain_cmd(config_path, "--resume", "auto"),
         capture_output=True,
@@ -131,6 +154,7 @@ def test_resume_with_a_new_task_keeps_weights_optimizer_and_history(
     losses = step_losses(reference_run)
     new_steps = {t for s, t in losses if s >= TOTAL_STEPS}
     assert "sentence_reordering" in new_steps and len(new_steps) >= 3  # old tasks keep training
+    assert max(s for s, _ in losses) + 1 == state.schedule.total_steps  # as the dry run said
 
 
 def test_resume_refuses_a_different_model_size_or_tokenizer(reference_run, small_corpus, tmp_path):
@@ -191,6 +215,7 @@ def test_export_loads_with_stock_transformers_and_matches(reference_run, tmp_pat
     assert torch.allclose(ours.pooler_output, theirs.pooler_output, atol=1e-6)
     card = (release / "README.md").read_text()
     assert "| `sentence_distance` | 4 |" in card and "tokens seen" in card
+    assert f"Trained in {resolve_precision('auto', 'cpu').dtype} (precision auto: " in card
     tasks = json.loads((release / "pretraining_tasks.json").read_text())
     assert tasks["steps"] >= TOTAL_STEPS and tasks["tokens_seen"] > 0
 
