@@ -13,11 +13,13 @@ from pretrain_helpers import child_env, pretrain_cmd, step_losses, write_config
 from safetensors.torch import load_file
 
 from ernie_style.checkpoint import list_checkpoints, verify
+from ernie_style.precision import resolve_precision
 
 pytestmark = pytest.mark.slow
 
 
 def accelerate_cmd(config, *extra):
+    # The launcher says bf16 on purpose: the run config's `precision` (auto) must decide.
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "bf16"]
     launch += ["--dynamo_backend", "no", "--main_process_port", "29533"]
@@ -35,12 +37,15 @@ def test_two_process_ddp_trains_and_checkpoints(small_corpus, tmp_path):
     config = write_config(
         tmp_path / "ddp.yaml", small_corpus, tmp_path / "run", balancing="uncertainty"
     )
-    run(accelerate_cmd(config))
+    result = run(accelerate_cmd(config))
     checkpoints = list_checkpoints(tmp_path / "run" / "checkpoints")
     assert checkpoints[0].name == "step-00000026"
     assert all(verify(c) is None for c in checkpoints)
     state = json.loads((checkpoints[0] / "trainer_state.json").read_text())
     assert state["num_processes"] == 2 and state["schedule"]["stage"] == 3
+    auto = resolve_precision("auto", "cpu")
+    assert state["precision"] == auto.to_dict()
+    assert result.stdout.count(auto.describe()) == 1  # printed once, by the main process
     balancer = torch.load(checkpoints[0] / "balancer.pt", weights_only=True)
     assert any(key.startswith("log_variances") for key in balancer)
     losses = step_losses(tmp_path / "run")
