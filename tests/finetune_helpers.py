@@ -56,7 +56,7 @@ def write_config(path: Path, encoder: Path, output: Path, tasks: list[dict], **t
     data = {
         "output_dir": str(output),
         "encoder": str(encoder),
-        "precision": "no",
+        "precision": "fp32",  # exact comparisons (the pretraining helper uses auto)
         "epochs": 4,
         "lr": 1e-3,
         "warmup_ratio": 0.05,

@@ -195,6 +195,8 @@ def test_export_reloads_in_stock_transformers_with_identical_logits(trained, tas
     trainer, _, _ = trained
     stock, info = load_exported(trainer.run_dir / "tasks" / task)
     assert info["task"] == task and type(stock).__name__ == info["architecture"]
+    assert info["precision"] == trainer.precision.to_dict()
+    assert info["precision"]["requested"] == trainer.config.precision
     encoded = trainer.tasks[task]
     batch = encoded.collator(encoded.splits["dev"][:6])
     ours = trainer.unwrapped.eval()
@@ -233,6 +235,8 @@ def test_resume_from_a_checkpoint_repeats_the_run_exactly(encoder_dir, tmp_path)
     full = step_losses(tmp_path / "a")
     resumed_dir = tmp_path / "b" / "checkpoints" / "step-00000020"
     shutil.copytree(tmp_path / "a" / "checkpoints" / "step-00000020", resumed_dir)
+    saved = json.loads((resumed_dir / "trainer_state.json").read_text())
+    assert saved["precision"]["dtype"] == "fp32"  # the helpers' config: fp32, exact comparisons
     config_b = write_config(
         tmp_path / "b.yaml",
         encoder_dir,
