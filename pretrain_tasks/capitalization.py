@@ -1,14 +1,19 @@
 """Capitalization prediction (ERNIE 2.0): does each word begin with an upper-case letter in the
-original text? The model sees lower-cased input when the tokenizer is uncased, so the case has
-to be inferred from context (names, sentence starts, acronyms).
+original text? The model sees lower-cased input, so the case has to be inferred from context
+(names, sentence starts, acronyms). A tokenizer that keeps case (`prepare --cased`) would put
+the label in the input, so the task refuses it. Words without a cased letter (numbers,
+punctuation) carry no label.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from torch import nn
 
 from ernie_style.examples import (
+    IGNORE_INDEX,
     CorpusContext,
     Example,
     TokenizedDocument,
@@ -19,8 +24,23 @@ from ernie_style.registry import PretrainTask, register_task
 
 
 def capitalization_label(word: str) -> int:
-    """1 if the word begins with an upper-case letter, else 0."""
-    return int(word[:1].isupper())
+    """1 if the word's first cased letter is upper-case, 0 if lower-case, IGNORE_INDEX for a
+    word without one (numbers, punctuation, scripts without case)."""
+    for char in word:
+        if char.isupper():
+            return 1
+        if char.islower():
+            return 0
+    return IGNORE_INDEX
+
+
+def keeps_case(tokenizer: Any) -> bool:
+    """Whether the tokenizer gives "Paris" and "paris" different input (a cased tokenizer)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.normalizer is not None:
+        return backend.normalizer.normalize_str("Paris") != "paris"
+    upper = tokenizer("Paris AbC", add_special_tokens=False)["input_ids"]
+    return upper != tokenizer("paris abc", add_special_tokens=False)["input_ids"]
 
 
 @register_task
@@ -31,6 +51,15 @@ class Capitalization(PretrainTask):
     level = "token"
     description = "is each word capitalized in the original text (label on first sub-token)"
     task_id = 1
+
+    def __init__(self, tokenizer: Any, max_seq_len: int = 128, config: Any = None) -> None:
+        super().__init__(tokenizer, max_seq_len, config)
+        if keeps_case(tokenizer):
+            raise ValueError(
+                "capitalization: the tokenizer keeps case (prepared with --cased?), so every "
+                "label would be readable from the input; use an uncased tokenizer for this task "
+                "or leave the task out"
+            )
 
     @property
     def num_labels(self) -> int:
