@@ -7,13 +7,14 @@ Permutation: `perm[k]` is the original index of the segment shown k-th, so the m
 segment. Classes are enumerated by m, then by the permutations of range(m) in
 `itertools.permutations` order: class 0 is (0,), 1 is (0, 1), 2 is (1, 0), 3 is (0, 1, 2), ...
 
-Cutting: m is drawn uniformly from the values the paragraph allows. With at least m sentences
-the paragraph is cut at m - 1 random sentence boundaries (contiguous groups of sentences),
-otherwise at m - 1 random word boundaries. Only sentences and words with sub-tokens count, so
-every segment has at least one token. A paragraph longer than the sequence budget is replaced by
-a window of its whole sentences that fits (from a random sentence, grown forward then
-backward); a single sentence that is longer still is cut by `assemble`, which keeps at least
-one token of every segment.
+Cutting: m is drawn uniformly from 1..min(M, sentences), and the paragraph is cut at m - 1
+random sentence boundaries (contiguous groups of whole sentences), never inside a sentence: a
+cut inside a sentence leaves one segment ending in final punctuation (the original last one)
+and the others without, which gives the order away. Only sentences with sub-tokens count, so
+every segment has at least one token; a one-sentence paragraph is one segment (class 0). A
+paragraph longer than the sequence budget is replaced by a window of its whole sentences that
+fits (from a random sentence, grown forward then backward); a single sentence that is longer
+still is cut by `assemble`.
 """
 
 from __future__ import annotations
@@ -156,18 +157,16 @@ class SentenceReordering(PretrainTask):
         doc, offsets = document.doc, document.word_offsets
         start = doc.sentence_word_range(sentences[0])[0]
         end = doc.sentence_word_range(sentences[-1])[1]
-        # Words and sentences holding at least one token; a cut goes before one of them.
-        word_starts = [w for w in range(start, end) if offsets[w + 1] > offsets[w]]
+        # Sentences holding at least one token; a cut goes before one of them.
         sentence_starts = []
         for s in sentences:
             a, b = doc.sentence_word_range(s)
             if offsets[b] > offsets[a]:
                 sentence_starts.append(a)
-        if not word_starts:
+        if not sentence_starts:
             return []
-        m = int(rng.integers(1, min(self.config.max_segments, len(word_starts)) + 1))
-        candidates = sentence_starts if len(sentence_starts) >= m else word_starts
-        cuts = _random_cuts(candidates[1:], m, rng)
+        m = int(rng.integers(1, min(self.config.max_segments, len(sentence_starts)) + 1))
+        cuts = _random_cuts(sentence_starts[1:], m, rng)
         bounds = [start, *cuts, end]
         return list(itertools.pairwise(bounds))
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,26 +133,75 @@ def test_shown_segments_are_the_original_ones_in_the_labelled_order(greek, max_s
             for k, index in enumerate(perm):
                 original[index] = shown[k]  # perm[k] = original index of the k-th shown
             assert _concat(original) == tdoc.tokens(start, end).tolist()
-            if start == 0:  # 5 sentences >= m: every cut is at a sentence boundary
-                cuts = np.cumsum([len(s) for s in original])
-                assert set(cuts.tolist()) <= sentence_ends
+            cuts = np.cumsum([len(s) for s in original])  # every cut at a sentence boundary
+            assert set(cuts.tolist()) <= sentence_ends | {2}
     assert set(labels) == set(range(num_permutation_classes(max_segments)))
-    # m is uniform over 1..M for the long paragraph, and over 1..2 for the 2-word one.
+    # m is uniform over 1..M for the five-sentence paragraph; the one-sentence one is never cut.
     per_m = Counter(len(class_to_permutation(c, max_segments)) for c in labels.elements())
-    assert abs(per_m[1] - 1000 / 2 - 1000 / max_segments) < 100
+    assert abs(per_m[1] - 1000 - 1000 / max_segments) < 100
 
 
-def test_word_level_cuts_when_sentences_are_too_few(greek):
-    doc = document_from_sentences("d", [["alpha beta gamma delta epsilon zeta"]])
-    seen = set()
-    for seed in range(100):
+def test_a_sentence_is_never_cut(greek):
+    # Cutting inside a sentence left one segment ending in "." (the original last one) and the
+    # others without, which gave the order away; a one-sentence paragraph stays one segment.
+    doc = document_from_sentences("d", [["alpha beta gamma delta epsilon zeta."]])
+    for seed in range(50):
         tdoc, (example,) = _examples(greek, doc, seed)
-        shown = _shown_segments(example, greek.sep_token_id)
-        perm = class_to_permutation(example.labels, 3)
-        original = [shown[perm.index(i)] for i in range(len(perm))]
-        assert _concat(original) == tdoc.token_ids.tolist()
-        seen.add(tuple(len(s) for s in original))
-    assert len({len(lengths) for lengths in seen}) == 3 and len(seen) > 5
+        assert example.labels == 0
+        assert _shown_segments(example, greek.sep_token_id) == [tdoc.token_ids.tolist()]
+
+
+def _surface_features(example, sep_id, dot_id):
+    """What a model could read without understanding: segment count, which segments end in
+    '.', and the rank order of the segment lengths."""
+    shown = _shown_segments(example, sep_id)
+    lengths = [len(s) for s in shown]
+    return (
+        len(shown),
+        tuple(s[-1] == dot_id for s in shown),
+        tuple(np.argsort(lengths, kind="stable").tolist()),
+    )
+
+
+def test_surface_features_predict_no_better_than_the_segment_count():
+    # A lookup-table classifier on surface features, fitted on one half of the examples and
+    # scored on the other, does no better than predicting the majority class of each segment
+    # count (the count is visible by design: it is the m of the permutation).
+    sample = Path(__file__).resolve().parents[2] / "data" / "sample_corpus" / "wiki_sample.jsonl"
+    rows = [json.loads(line) for line in sample.read_text(encoding="utf-8").splitlines()[:40]]
+    docs = [
+        RegexAnnotator().annotate_one(RawDocument(id=row["id"], title="", text=row["text"]))
+        for row in rows
+    ]
+    tokenizer = train_wordpiece([row["text"] for row in rows], vocab_size=4000)
+    task = SentenceReordering(tokenizer, max_seq_len=128)
+    corpus = CorpusContext(docs, tokenizer)
+    examples = []
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        examples += [
+            e for i in range(len(docs)) for e in task.examples(corpus.tokenized(i), rng, corpus)
+        ]
+    dot = tokenizer.convert_tokens_to_ids(".")
+    features = [_surface_features(e, tokenizer.sep_token_id, dot) for e in examples]
+    labels = [e.labels for e in examples]
+    half = len(examples) // 2
+
+    def fitted_accuracy(key):
+        table = {}
+        for f, y in zip(features[:half], labels[:half], strict=True):
+            table.setdefault(key(f), Counter())[y] += 1
+        majority = Counter(labels[:half]).most_common(1)[0][0]
+        hits = [
+            (table[key(f)].most_common(1)[0][0] if key(f) in table else majority) == y
+            for f, y in zip(features[half:], labels[half:], strict=True)
+        ]
+        return sum(hits) / len(hits)
+
+    by_count = fitted_accuracy(lambda f: f[0])
+    by_surface = fitted_accuracy(lambda f: f)
+    assert len(examples) > 1000 and by_count < 0.9  # not a degenerate corpus
+    assert by_surface <= by_count + 0.03, (by_surface, by_count)
 
 
 def test_long_paragraphs_use_a_window_of_sentences(greek):
@@ -173,14 +224,17 @@ def test_long_paragraphs_use_a_window_of_sentences(greek):
 
 
 def test_a_sentence_longer_than_the_budget_keeps_a_token_in_every_segment(greek):
-    # Paragraph 0 starts with a sentence without any token (a control character).
-    doc = document_from_sentences("d", [["\x00", " ".join(WORDS)], ["alpha"], ["\x00 \x01"]])
+    # Paragraph 0 starts with a sentence without any token (a control character), then a
+    # sentence longer than the whole budget, then three short ones.
+    long_sentence = " ".join(WORDS[:12]) + "."
+    short = ["psi.", "omega.", "chi."]
+    doc = document_from_sentences("d", [["\x00", long_sentence, *short], ["alpha"], ["\x00 \x01"]])
     n_segments = Counter()
-    for seed in range(60):
-        tdoc, examples = _examples(greek, doc, seed, max_seq_len=9, max_segments=4)
+    for seed in range(80):
+        tdoc, examples = _examples(greek, doc, seed, max_seq_len=11, max_segments=4)
         assert len(examples) == 2  # the control-character paragraph has no token
         example = examples[0]
-        assert len(example) == 9
+        assert len(example) <= 11
         shown = _shown_segments(example, greek.sep_token_id)
         perm = class_to_permutation(example.labels, 4)
         assert all(len(s) >= 1 for s in shown) and len(shown) == len(perm)
@@ -194,7 +248,8 @@ def test_a_sentence_longer_than_the_budget_keeps_a_token_in_every_segment(greek)
             assert words[found : found + len(segment)] == segment
             position = found + len(segment)
         assert examples[1].labels == 0 and len(examples[1]) == 3
-    assert set(n_segments) == {1, 2, 3, 4}
+    # The long sentence alone (cut to fit) is one segment; the three short ones give 1..3.
+    assert set(n_segments) == {1, 2, 3}
 
 
 def test_head_and_loss_on_a_tiny_ernie(tokenizer, english_documents):
