@@ -25,14 +25,16 @@ def auto_allocation(
     budgets: Mapping[str, int], first_stage: Mapping[str, int], num_stages: int
 ) -> list[dict[str, int]]:
     """Per-stage iterations: a task introduced in stage i (0-based) gets N/(S+1) in each later
-    stage (rounded) and the rest in stage i."""
+    stage (rounded, and never more than the first stage keeps) and the rest in stage i."""
     stages: list[dict[str, int]] = [{} for _ in range(num_stages)]
     for task, budget in budgets.items():
         first = first_stage[task]
         if not 0 <= first < num_stages:
             raise ValueError(f"task {task!r}: first stage {first} outside 0..{num_stages - 1}")
-        share = round(budget / (num_stages + 1))
         later = num_stages - 1 - first
+        # A tiny budget over many stages would leave the first stage a negative share: each
+        # later stage gets at most what the first keeps (budget // (later + 1)).
+        share = min(round(budget / (num_stages + 1)), budget // (later + 1))
         stages[first][task] = budget - share * later
         for stage in range(first + 1, num_stages):
             stages[stage][task] = share

@@ -29,6 +29,15 @@ def test_auto_allocation_spends_each_budget_exactly_and_most_in_the_first_stage(
         assert per_stage[first] == max(per_stage)
 
 
+@pytest.mark.parametrize("budget", [1, 2, 5, 6, 7, 9, 13])
+def test_tiny_budgets_over_many_stages_never_get_a_negative_share(budget):
+    # 7 stages: round(5 / 8) = 1 per later stage would leave 5 - 6 = -1 for the first.
+    stages = auto_allocation({"a": budget}, {"a": 0}, 7)
+    per_stage = [s.get("a", 0) for s in stages]
+    assert min(per_stage) >= 0 and sum(per_stage) == budget
+    assert per_stage[0] == max(per_stage)
+
+
 def test_sampling_is_proportional_to_remaining_budget_and_spends_it():
     schedule = ContinualSchedule([{"a": 300, "b": 100}, {"a": 50, "b": 50}], seed=1)
     first_100 = [schedule.sample()[0] for _ in range(100)]
