@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -30,8 +33,9 @@ def greek():
     return train_wordpiece([words] * 3, vocab_size=200, min_frequency=1)
 
 
-def _examples(tokenizer, doc, max_seq_len=64, seed=0):
-    task = TokenDocumentRelation(tokenizer, max_seq_len=max_seq_len)
+def _examples(tokenizer, doc, max_seq_len=64, seed=0, balance=False):
+    """The labelling rule itself is tested unbalanced; balancing has tests of its own."""
+    task = TokenDocumentRelation(tokenizer, max_seq_len=max_seq_len, config={"balance": balance})
     tdoc = TokenizedDocument(doc, tokenizer)
     corpus = CorpusContext([doc], tokenizer)
     return tdoc, task.examples(tdoc, np.random.default_rng(seed), corpus)
@@ -111,6 +115,54 @@ def test_task_attributes_and_punctuation(greek):
     assert not is_punctuation("a.") and not is_punctuation("٣") and not is_punctuation("x")
     with pytest.raises(ValueError):
         TokenDocumentRelation(greek, config={"threshold": 1})
+    assert TokenDocumentRelation(greek).config.balance is True  # the default
+    with pytest.raises(TypeError, match="balance must be a bool"):
+        TokenDocumentRelation(greek, config={"balance": "yes"})
+
+
+def test_balance_keeps_the_rarer_class_and_as_many_of_the_other(greek):
+    doc = document_from_sentences(
+        "d",
+        [["alpha beta gamma delta epsilon.", "zeta eta theta alpha beta."]],
+        # segment 1: alpha beta recur (2 x 1), gamma delta epsilon do not (3 x 0)
+    )
+    _, plain = _examples(greek, doc)
+    picks = set()
+    for seed in range(40):
+        _, balanced = _examples(greek, doc, seed=seed, balance=True)
+        assert len(balanced) == len(plain) == 2
+        for b, p in zip(balanced, plain, strict=True):
+            kept = [(k, label) for k, label in enumerate(b.labels) if label != I]
+            assert all(p.labels[k] == label for k, label in kept)  # a subset of the true labels
+            ones = sum(label for _, label in kept)
+            assert ones == len(kept) - ones == min(p.labels.count(0), p.labels.count(1))
+        picks.add(tuple(balanced[0].labels))
+        assert balanced == _examples(greek, doc, seed=seed, balance=True)[1]  # seeded
+    assert len(picks) == 3  # which 2 of the 3 zeros of segment 1 are kept varies with the seed
+
+
+def test_balance_turns_an_80_percent_majority_into_50(tokenizer):
+    sample = Path(__file__).resolve().parents[2] / "data" / "sample_corpus" / "wiki_sample.jsonl"
+    rows = [json.loads(line) for line in sample.read_text(encoding="utf-8").splitlines()[:10]]
+    docs = [
+        RegexAnnotator().annotate_one(RawDocument(id=row["id"], title="", text=row["text"]))
+        for row in rows
+    ]
+    corpus = CorpusContext(docs, tokenizer)
+    rates = {}
+    for balance in (False, True):
+        task = TokenDocumentRelation(tokenizer, max_seq_len=128, config={"balance": balance})
+        rng = np.random.default_rng(0)
+        labels = [
+            label
+            for i in range(len(docs))
+            for e in task.examples(corpus.tokenized(i), rng, corpus)
+            for label in e.labels
+            if label != I
+        ]
+        rates[balance] = sum(labels) / len(labels)
+    assert rates[False] > 0.7  # always answering "occurs elsewhere" would score this
+    assert rates[True] == 0.5
 
 
 def test_head_and_loss_on_a_tiny_ernie(tokenizer, english_documents):
@@ -141,7 +193,14 @@ def test_head_and_loss_on_a_tiny_ernie(tokenizer, english_documents):
 )
 def test_property_any_document(tokenizer, text, max_len):
     doc = RegexAnnotator().annotate_one(RawDocument(id="h", title="", text=text))
+    balanced = _examples(tokenizer, doc, max_seq_len=max_len, seed=1, balance=True)[1]
     tdoc, examples = _examples(tokenizer, doc, max_seq_len=max_len, seed=1)
+    plain = iter(examples)
+    for e in balanced:  # each balanced example is one of the plain ones, half 1s, half 0s
+        p = next(x for x in plain if x.input_ids == e.input_ids)
+        kept = [label for label in e.labels if label != I]
+        assert kept and 2 * sum(kept) == len(kept)
+        assert all(label in (I, p.labels[k]) for k, label in enumerate(e.labels))
     assert examples == _examples(tokenizer, doc, max_seq_len=max_len, seed=2)[1]
     segments = document_segments(tdoc, max_len - 2)
     if doc.num_sentences < 2:
