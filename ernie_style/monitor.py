@@ -12,6 +12,7 @@ HELDOUT_CSV = "heldout.csv"
 HELDOUT_PNG = "heldout_loss.png"
 TRAIN_CSV = "train_loss.csv"
 _FIELDS = ["step", "stage", "task", "loss", "accuracy"]
+_HELDOUT_FIELDS = [*_FIELDS, "majority"]
 
 
 class RunLogger:
@@ -39,17 +40,24 @@ class RunLogger:
             _append_csv(self.run_dir / TRAIN_CSV, rows)
 
     def heldout(self, step: int, stage: int, results: Mapping[str, Mapping[str, float]]) -> None:
-        """Record one held-out evaluation (task -> loss/accuracy) in CSV and TensorBoard."""
+        """Record one held-out evaluation (task -> loss/accuracy/majority) in CSV and
+        TensorBoard; `majority` is the accuracy of always answering the most common target, the
+        baseline the accuracy is read against."""
         if not self.enabled:
             return
         rows = [
-            [step, stage, task, f"{r['loss']:.6f}", f"{r['accuracy']:.6f}"]
+            [step, stage, task, f"{r['loss']:.6f}", f"{r['accuracy']:.6f}", f"{r['majority']:.6f}"]
             for task, r in results.items()
         ]
-        _append_csv(self.run_dir / HELDOUT_CSV, rows)
+        _append_csv(self.run_dir / HELDOUT_CSV, rows, _HELDOUT_FIELDS)
         for task, r in results.items():
             self.scalars(
-                step, {f"heldout/{task}/loss": r["loss"], f"heldout/{task}/acc": r["accuracy"]}
+                step,
+                {
+                    f"heldout/{task}/loss": r["loss"],
+                    f"heldout/{task}/acc": r["accuracy"],
+                    f"heldout/{task}/majority_baseline": r["majority"],
+                },
             )
 
     def plot_heldout(self, stage_starts: Sequence[int]) -> Path | None:
@@ -64,12 +72,12 @@ class RunLogger:
             self._tb.close()
 
 
-def _append_csv(path: Path, rows: list[list]) -> None:
+def _append_csv(path: Path, rows: list[list], fields: Sequence[str] = _FIELDS) -> None:
     new = not path.exists()
     with path.open("a", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         if new:
-            writer.writerow(_FIELDS)
+            writer.writerow(fields)
         writer.writerows(rows)
         f.flush()
         os.fsync(f.fileno())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -349,14 +350,21 @@ class PretrainTrainer:
             if not batches:
                 continue
             loss_sum, correct, count = 0.0, 0.0, 0.0
+            targets: Counter[int] = Counter()
             for batch in batches:
                 out = self.model([dict(batch, task=task)])[0]
                 metrics = self.state.tasks[task].metrics(out.logits.float(), out.targets)
                 loss_sum += out.loss.float().item() * metrics["count"]
                 correct += metrics["accuracy"] * metrics["count"]
                 count += metrics["count"]
+                targets.update(out.targets.flatten().tolist())
             if count:
-                results[task] = {"loss": loss_sum / count, "accuracy": correct / count}
+                results[task] = {
+                    "loss": loss_sum / count,
+                    "accuracy": correct / count,
+                    # Always answering the most common target: what the accuracy is read against.
+                    "majority": max(targets.values()) / sum(targets.values()),
+                }
         self.logger.heldout(step, stage + 1, results)
         starts = [
             self.state.schedule.stage_start(s) for s in range(len(self.state.schedule.stages))

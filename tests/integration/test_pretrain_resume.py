@@ -43,7 +43,10 @@ def test_uninterrupted_run_plans_trains_and_logs(reference_run):
     assert all(t == "knowledge_masking" for s, t in losses if s < 6)
     assert any(t == "knowledge_masking" for s, t in losses if s >= 14)
     heldout = (reference_run / "heldout.csv").read_text().splitlines()
-    assert heldout[0] == "step,stage,task,loss,accuracy" and len(heldout) > 3
+    assert heldout[0] == "step,stage,task,loss,accuracy,majority" and len(heldout) > 3
+    for row in heldout[1:]:  # the majority-class rate is reported next to every accuracy
+        accuracy, majority = (float(v) for v in row.split(",")[-2:])
+        assert 0 <= accuracy <= 1 and 0 < majority <= 1
     assert (reference_run / "heldout_loss.png").stat().st_size > 1000
     assert list((reference_run / "tensorboard").glob("events.out.tfevents.*"))
     # The checkpoint records the precision `auto` resolved to on this machine.
