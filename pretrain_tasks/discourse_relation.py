@@ -2,14 +2,18 @@
 
 Pairs are mined from documents: sentence i and sentence i + 1 (same paragraph or the next one)
 where sentence i + 1 opens with a marker of `DISCOURSE_MARKERS`. Matching is case-insensitive,
-on whole words, longest marker first; "because of" and "instead of" are prepositions, not
-connectives, and do not count. The marker and a comma right after it are removed from the
-input, and the label is the marker's index in the inventory.
+on whole words, longest marker first; a marker followed by a preposition ("because of",
+"instead of", "in addition to", "in contrast to", "as a result of", "similarly to") opens a
+prepositional phrase, not a connective, and does not count (the leftover "to"/"of" would give
+the label away). The marker and the punctuation marks right after it (`,` `;` `:` `--` and
+dashes) are removed from the input, and the label is the marker's index in the inventory.
 
 A labelled pair file (`pairs_file`: TSV with a header, CSV with a header, or JSONL, fields
 sentence1, sentence2, label; the label is a marker of the inventory) adds to the mined pairs
-(`pairs_mode: add`) or replaces them (`replace`). If sentence2 of a file row opens with its
-labelled marker, the marker is removed as for mined pairs.
+(`pairs_mode: add`) or replaces them (`replace`). The input of a file row never shows its
+label: a marker opening sentence2 (whichever it is) is removed as for mined pairs, and every
+other occurrence of the labelled marker in sentence2 ("The results, however, ...") is removed
+with the punctuation right after it.
 """
 
 from __future__ import annotations
@@ -45,8 +49,10 @@ DISCOURSE_MARKERS: tuple[str, ...] = (
     *("thus", "finally", "additionally", "nonetheless", "hence", "in particular", "in turn"),
     *("in practice", "in other words", "by contrast"),
 )
-#: (marker, next word) openings that are not connectives.
-NON_CONNECTIVE_USES: frozenset[tuple[str, str]] = frozenset({("because", "of"), ("instead", "of")})
+#: Words that make a marker right before them a preposition ("in addition to"), not a connective.
+PREPOSITIONS: frozenset[str] = frozenset({"to", "of", "with", "from"})
+#: Punctuation right after a marker, removed with it.
+MARKER_PUNCTUATION: frozenset[str] = frozenset({",", ";", ":", "--", "-", "—", "–"})
 _WORD_CHAR = re.compile(r"\w")
 
 
@@ -54,7 +60,7 @@ def match_marker(
     words: Sequence[str], markers: Sequence[str] = DISCOURSE_MARKERS
 ) -> tuple[int, int] | None:
     """`(label, words_to_drop)` when `words` open with a marker (the longest one wins), else
-    None. `words_to_drop` covers the marker's words and a comma right after them.
+    None. `words_to_drop` covers the marker's words and the punctuation marks right after them.
     """
     if not words:
         return None
@@ -64,9 +70,12 @@ def match_marker(
         if lowered[:n] != parts:
             continue
         following = lowered[n] if n < len(lowered) else ""
-        if (" ".join(parts), following) in NON_CONNECTIVE_USES:
+        if following in PREPOSITIONS:
             continue
-        return k, n + (following == ",")
+        drop = n
+        while drop < len(words) and words[drop] in MARKER_PUNCTUATION:
+            drop += 1  # "However, , there" (a removed citation) leaves two commas
+        return k, drop
     return None
 
 
@@ -81,6 +90,25 @@ def _marker_index(markers: tuple[str, ...]) -> tuple[dict[str, list[tuple[int, l
     for entries in by_first.values():
         entries.sort(key=lambda entry: -len(entry[1]))
     return by_first, max((len(m.split()) for m in markers), default=0)
+
+
+def _without_marker(sentence: TokenizedDocument, marker: str) -> np.ndarray:
+    """Token ids of `sentence` without an opening marker and without any other whole-word
+    occurrence of `marker` (each with the punctuation mark right after it)."""
+    words = sentence.doc.words()
+    keep = [True] * len(words)
+    match = match_marker(words)
+    if match is not None:
+        keep[: match[1]] = [False] * match[1]
+    parts = marker.casefold().split()
+    lowered = [w.casefold() for w in words]
+    for start in range(len(words) - len(parts) + 1):
+        if lowered[start : start + len(parts)] == parts:
+            end = start + len(parts)
+            end += end < len(words) and words[end] in MARKER_PUNCTUATION
+            keep[start:end] = [False] * (end - start)
+    kept = [sentence.tokens(w, w + 1) for w in range(len(words)) if keep[w]]
+    return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
 
 
 @dataclass
@@ -130,7 +158,7 @@ class DiscourseRelation(PairFileMixin, PretrainTask):
             if doc.sentence_paragraph[i + 1] - doc.sentence_paragraph[i] > 1:
                 continue
             start, end = doc.sentence_word_range(i + 1)
-            head = [doc.word(w) for w in range(start, min(end, start + self._longest_marker + 1))]
+            head = [doc.word(w) for w in range(start, min(end, start + self._longest_marker + 4))]
             match = match_marker(head)
             if match is None:
                 continue
@@ -148,9 +176,7 @@ class DiscourseRelation(PairFileMixin, PretrainTask):
             first = tokenize_text(text_field(path, line, row, "sentence1"), self.tokenizer)
             second = tokenize_text(text_field(path, line, row, "sentence2"), self.tokenizer)
             label = self._label(path, line, row["label"])
-            match = match_marker(second.doc.words()[: self._longest_marker + 1])
-            drop = match[1] if match is not None and match[0] == label else 0
-            rest = second.tokens(drop, second.num_words)
+            rest = _without_marker(second, DISCOURSE_MARKERS[label])
             if not len(first.token_ids) or not len(rest):
                 raise row_error(path, line, "a sentence has no tokens (besides the marker)")
             out.append(self._pair_example(first.token_ids, rest, label))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +79,17 @@ def test_longest_marker_wins():
         (["Because", "of", "rain", ",", "we", "stayed"], None),  # prepositional use
         (["Instead", "of", "braces"], None),
         (["Because", "it", "rained"], (DISCOURSE_MARKERS.index("because"), 1)),
+        # Prepositional openers: the leftover "to"/"of" would give the label away.
+        (["In", "addition", "to", "rain", ",", "it", "snowed"], None),
+        (["In", "contrast", "to", "Paris"], None),
+        (["As", "a", "result", "of", "the", "war"], None),
+        (["Similarly", "to", "cats"], None),
+        (["By", "contrast", "with", "x"], None),
+        # Punctuation after the marker goes with it, whichever mark it is.
+        (["However", ";", "x"], (0, 2)),
+        (["Thus", "--", "x"], (DISCOURSE_MARKERS.index("thus"), 2)),
+        (["Moreover", ":", "x"], (DISCOURSE_MARKERS.index("moreover"), 2)),
+        (["Hence", "—", "x"], (DISCOURSE_MARKERS.index("hence"), 2)),
         (["In"], None),
         ([], None),
     ],
@@ -102,6 +114,34 @@ def test_mined_pairs_paragraph_rules(tokenizer):
         tokens(tokenizer, "Meanwhile, the town slept."),
         tokens(tokenizer, "it was cold."),
     )
+
+
+def test_on_real_text_no_kept_word_gives_the_marker_away():
+    # Every sentence of the Wikipedia sample: where a marker opens it, the input kept after the
+    # marker never starts with punctuation, nor with the "to"/"of" of a prepositional opener
+    # ("In addition to ...", which the sample has; a "to" after a removed comma is a clause).
+    sample = Path(__file__).resolve().parents[2] / "data" / "sample_corpus" / "wiki_sample.jsonl"
+    rows = [json.loads(line) for line in sample.read_text(encoding="utf-8").splitlines()]
+    matched, prepositional = 0, 0
+    for row in rows:
+        doc = RegexAnnotator().annotate_one(RawDocument(id=row["id"], title="", text=row["text"]))
+        for s in range(doc.num_sentences):
+            words = [doc.word(w) for w in range(*doc.sentence_word_range(s))]
+            lowered = [w.casefold() for w in words]
+            opens_with_preposition = any(
+                lowered[: len(m.split()) + 1] == [*m.split(), p]
+                for m in DISCOURSE_MARKERS
+                for p in ("to", "of", "with")
+            )
+            prepositional += opens_with_preposition
+            match = match_marker(words)
+            if match is None:
+                continue
+            matched += 1
+            assert not opens_with_preposition, words[:6]
+            kept = words[match[1] :]
+            assert not kept or kept[0] not in {",", ";", ":", "--", "-"}, words[:6]
+    assert matched > 50 and prepositional > 0
 
 
 def test_marker_alone_or_first_sentence_gives_nothing(tokenizer):
@@ -163,6 +203,26 @@ def test_pair_file_formats(tokenizer, tmp_path):
         if expected is not None:
             assert examples == expected
         expected = examples
+
+
+def test_a_pair_file_row_never_shows_its_label(tokenizer, tmp_path):
+    rows = [
+        ("It rained.", "The roads, however, were dry.", "however"),  # mid-sentence
+        ("It rained.", "Thus, the roads were wet.", "however"),  # another opener: removed too
+        ("It rained.", "In fact; the roads were wet, in fact.", "in fact"),
+    ]
+    keys = ("sentence1", "sentence2", "label")
+    path = write(
+        tmp_path / "p.jsonl",
+        "".join(json.dumps(dict(zip(keys, r, strict=True))) + "\n" for r in rows),
+    )
+    task = DiscourseRelation(tokenizer, 64, {"pairs_file": path})
+    examples = task.corpus_examples(np.random.default_rng(0), None)
+    assert [segments(e)[1] for e in examples] == [
+        tokens(tokenizer, "The roads, were dry."),
+        tokens(tokenizer, "the roads were wet."),
+        tokens(tokenizer, "the roads were wet,."),
+    ]
 
 
 def test_pair_file_modes_and_cache(tokenizer, tmp_path):
