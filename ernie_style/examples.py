@@ -49,9 +49,15 @@ class TokenizedDocument:
         self.doc = document
         words = document.words()
         if words:
-            encoding = tokenizer.backend_tokenizer.encode(
-                words, is_pretokenized=True, add_special_tokens=False
-            )
+            backend = tokenizer.backend_tokenizer
+            # A call like tokenizer(..., truncation=True, max_length=n) leaves truncation (and
+            # padding) switched on in the shared Rust tokenizer, which would cut the whole
+            # document to n tokens here; transformers resets them the same way on each call.
+            if backend.truncation is not None:
+                backend.no_truncation()
+            if backend.padding is not None:
+                backend.no_padding()
+            encoding = backend.encode(words, is_pretokenized=True, add_special_tokens=False)
             self.token_ids = np.asarray(encoding.ids, dtype=np.int64)
             word_of_token = np.asarray(
                 [-1 if w is None else w for w in encoding.word_ids], dtype=np.int64

@@ -174,3 +174,14 @@ def test_registry_has_the_seven_ernie2_tasks():
         "ir_relevance",
     }
     assert sorted(cls.task_id for cls in tasks.values()) == list(range(7))
+
+
+def test_a_tokenizer_left_truncating_by_an_earlier_call_does_not_cut_documents(tokenizer):
+    from ernie_style.annotate import document_from_sentences
+    from ernie_style.examples import TokenizedDocument
+
+    doc = document_from_sentences("d", [["The river flows through the valley."] * 4])
+    full = TokenizedDocument(doc, tokenizer).token_ids.tolist()
+    assert len(full) > 8
+    tokenizer(["the river"], truncation=True, max_length=4, padding="max_length")
+    assert TokenizedDocument(doc, tokenizer).token_ids.tolist() == full
