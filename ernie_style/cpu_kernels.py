@@ -82,9 +82,16 @@ def cpu_attention(
     dropout: float = 0.0,
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
-    """Eager attention (`[B, heads, T, d]` inputs, additive mask) with `fast_dropout`."""
+    """Eager attention (`[B, heads, T, d]` inputs, additive mask) with `fast_dropout`; without
+    dropout (evaluation, inference, p = 0) PyTorch's fused SDPA, which is faster there."""
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
+    if not (dropout and module.training):
+        mask = None if attention_mask is None else attention_mask.to(query.dtype)
+        output = nn.functional.scaled_dot_product_attention(
+            query, key, value.to(query.dtype), attn_mask=mask, scale=scaling
+        )
+        return output.transpose(1, 2).contiguous(), None
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
         # In the scores' dtype: an fp32 mask would promote the [B, heads, T, T] scores to fp32
