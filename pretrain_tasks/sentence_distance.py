@@ -9,7 +9,8 @@ pair of that class is built. A document yields about one example per two sentenc
 (`num_sentences // 2` draws); documents with fewer than 3 sentences, or in a corpus
 without another document, yield none, so that all three classes are always possible.
 Sentences the tokenizer maps to no token are never paired; a class-2 draw that finds only
-such documents is dropped.
+such documents is dropped. A document never gives the same pair twice in one pass: a repeated
+draw is redrawn (up to 8 times, then the example is dropped).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from ernie_style.registry import PretrainTask, register_task
 ADJACENT, SAME_DOCUMENT, OTHER_DOCUMENT = 0, 1, 2
 #: Draws of another document before an example of class 2 is given up.
 _OTHER_DOCUMENT_TRIES = 8
+#: Draws of a pair before an example whose pairs this document already gave is given up.
+_REPEAT_TRIES = 8
 
 
 def _usable_sentences(document: TokenizedDocument) -> list[int]:
@@ -72,30 +75,36 @@ class SentenceDistance(PretrainTask):
         distant = [i for i in usable if usable[-1] >= i + 2]
         if not adjacent or not distant:
             return []
-        out = []
+        out, used = [], set()
         for _ in range(doc.num_sentences // 2):
             label = int(rng.integers(3))
-            if label == ADJACENT:
-                i = adjacent[int(rng.integers(len(adjacent)))]
-                second = document.sentence_tokens(i + 1)
-            elif label == SAME_DOCUMENT:
-                i = distant[int(rng.integers(len(distant)))]
-                partners = usable[bisect.bisect_left(usable, i + 2) :]
-                second = document.sentence_tokens(partners[int(rng.integers(len(partners)))])
-            else:
-                i = usable[int(rng.integers(len(usable)))]
-                found = self._other_sentence(rng, corpus, doc.id)
-                if found is None:
-                    continue  # only documents without tokens drawn: skip this example
-                second = found
-            out.append(self._example([document.sentence_tokens(i), second], label))
+            for _ in range(_REPEAT_TRIES):  # a pair already given by this document is redrawn
+                if label == ADJACENT:
+                    i = adjacent[int(rng.integers(len(adjacent)))]
+                    key, second = (label, i, i + 1), document.sentence_tokens(i + 1)
+                elif label == SAME_DOCUMENT:
+                    i = distant[int(rng.integers(len(distant)))]
+                    partners = usable[bisect.bisect_left(usable, i + 2) :]
+                    j = partners[int(rng.integers(len(partners)))]
+                    key, second = (label, i, j), document.sentence_tokens(j)
+                else:
+                    i = usable[int(rng.integers(len(usable)))]
+                    found = self._other_sentence(rng, corpus, doc.id)
+                    if found is None:
+                        break  # only documents without tokens drawn: skip this example
+                    (other, j), second = found
+                    key = (label, i, other, j)
+                if key not in used:
+                    used.add(key)
+                    out.append(self._example([document.sentence_tokens(i), second], label))
+                    break
         return out
 
     def _other_sentence(
         self, rng: np.random.Generator, corpus: CorpusContext, doc_id: str
-    ) -> np.ndarray | None:
-        """Tokens of a random non-empty sentence of another document; None when the drawn
-        documents have none.
+    ) -> tuple[tuple[int, int], np.ndarray] | None:
+        """((document index, sentence index), tokens) of a random non-empty sentence of
+        another document; None when the drawn documents have none.
         """
         for _ in range(_OTHER_DOCUMENT_TRIES):
             index = corpus.random_other_index(rng, doc_id)
@@ -104,7 +113,8 @@ class SentenceDistance(PretrainTask):
             other = corpus.tokenized(index)
             sentences = _usable_sentences(other)
             if sentences:
-                return other.sentence_tokens(sentences[int(rng.integers(len(sentences)))])
+                k = sentences[int(rng.integers(len(sentences)))]
+                return (index, k), other.sentence_tokens(k)
         return None
 
     def _example(self, segments: list[np.ndarray], label: int) -> Example:

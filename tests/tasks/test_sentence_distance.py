@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from model_helpers import tiny_backbone
 
 from ernie_style.annotate import RawDocument, RegexAnnotator, document_from_sentences
 from ernie_style.examples import CorpusContext, collate
+from ernie_style.tokenizer import train_wordpiece
 from pretrain_tasks.sentence_distance import SentenceDistance
 
 MAIN = [
@@ -182,3 +185,25 @@ def test_head_and_loss_run(tokenizer, corpus):
     assert torch.isfinite(loss)
     loss.backward()
     assert 0.0 <= task.metrics(logits, targets)["accuracy"] <= 1.0
+
+
+def test_a_document_never_gives_the_same_pair_twice_in_a_pass():
+    # On 40 Wikipedia articles the old sampler repeated 303 of 12,243 pairs (2.5%).
+    sample = Path(__file__).resolve().parents[2] / "data" / "sample_corpus" / "wiki_sample.jsonl"
+    rows = [json.loads(line) for line in sample.read_text(encoding="utf-8").splitlines()[:40]]
+    docs = [
+        RegexAnnotator().annotate_one(RawDocument(id=row["id"], title="", text=row["text"]))
+        for row in rows
+    ]
+    tokenizer = train_wordpiece([row["text"] for row in rows], vocab_size=4000)
+    task = SentenceDistance(tokenizer, max_seq_len=128)
+    corpus = CorpusContext(docs, tokenizer)
+    total, repeats = 0, 0
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        for d in range(len(docs)):
+            examples = task.examples(corpus.tokenized(d), rng, corpus)
+            pairs = [(tuple(e.input_ids), e.labels) for e in examples]
+            total += len(pairs)
+            repeats += len(pairs) - len(set(pairs))
+    assert total > 1000 and repeats == 0
