@@ -10,13 +10,15 @@ About `mask_prob` of the window's tokens are selected unit by unit, so a phrase 
 always masked as a whole. The level is drawn per example from `level_weights`, or, with
 `staged`, follows the training progress (basic, then phrase, then entity, a third each).
 
-Selection rule: the units are shuffled; a unit is taken when its tokens still fit within the
-target `max(1, round(mask_prob * n_tokens))`, otherwise it is skipped (a smaller unit further on
-may still fit); the scan stops when the target is reached. If no unit fits at all (every unit is
-longer than the target), the first of the shortest units in the shuffled order is taken, so
-every example has at least one masked unit. Each selected unit is then, as a whole, replaced by
-[MASK] tokens (`mask_token_prob`), by random non-special tokens (`random_token_prob`), or kept
-(`keep_prob`). Special tokens (including [UNK] from the tokenizer) are never selected.
+Selection rule: the units are shuffled, the level's phrases or entities first (otherwise single
+words, far more numerous, would fill the target and entities would rarely be masked); a unit is
+taken when its tokens still fit within the target `max(1, round(mask_prob * n_tokens))`,
+otherwise it is skipped (a smaller unit further on may still fit); the scan stops when the
+target is reached. If no unit fits at all (every unit is longer than the target), the first of
+the shortest units in the shuffled order is taken, so every example has at least one masked
+unit. Each selected unit is then, as a whole, replaced by [MASK] tokens (`mask_token_prob`), by
+random non-special tokens (`random_token_prob`), or kept (`keep_prob`). Special tokens
+(including [UNK] from the tokenizer) are never selected.
 """
 
 from __future__ import annotations
@@ -82,15 +84,25 @@ def _check_level_weights(level_weights: object) -> dict[str, float]:
     return weights
 
 
-def select_units(sizes: list[int], target: int, rng: np.random.Generator) -> list[int]:
+def select_units(
+    sizes: list[int],
+    target: int,
+    rng: np.random.Generator,
+    first: list[bool] | None = None,
+) -> list[int]:
     """Indices of the units (of the given token counts, all > 0) masked for `target` tokens.
 
     See the module docstring for the rule: shuffled scan, skip units that overshoot, at least
-    one unit.
+    one unit. Units flagged in `first` (the level's phrases or entities) are scanned before the
+    others, each group in shuffled order.
     """
     if not sizes:
         return []
     order = rng.permutation(len(sizes))
+    if first is not None:
+        order = np.concatenate(
+            [order[[first[i] for i in order]], order[[not first[i] for i in order]]]
+        )
     chosen, used = [], 0
     for index in order:
         if used >= target:
@@ -185,22 +197,35 @@ class KnowledgeMasking(PretrainTask):
         Annotated spans outside the window, or overlapping an earlier span, are left out (their
         words become units of their own).
         """
-        doc = document.doc
         if level == "basic":
             return [(w, w + 1) for w in range(start, end)]
         if level not in LEVELS:
             raise ValueError(f"knowledge_masking: unknown level {level!r}")
+        units = self.annotated_spans(document, start, end, level)
+        covered = np.zeros(end - start, dtype=bool)
+        for a, b in units:
+            covered[a - start : b - start] = True
+        units.extend((w, w + 1) for w in range(start, end) if not covered[w - start])
+        return sorted(units)
+
+    def annotated_spans(
+        self, document: TokenizedDocument, start: int, end: int, level: str
+    ) -> list[tuple[int, int]]:
+        """The level's phrase or entity spans inside words [start, end), without overlaps
+        (an earlier span wins); none at the basic level."""
+        if level == "basic":
+            return []
+        doc = document.doc
         starts = np.asarray(getattr(doc, f"{level}_starts"), dtype=np.int64)
         ends = np.asarray(getattr(doc, f"{level}_ends"), dtype=np.int64)
         inside = (starts >= start) & (starts < ends) & (ends <= end)
         spans = sorted(zip(starts[inside].tolist(), ends[inside].tolist(), strict=True))
-        units, covered = [], np.zeros(end - start, dtype=bool)
+        kept, covered = [], np.zeros(end - start, dtype=bool)
         for a, b in spans:
             if not covered[a - start : b - start].any():
                 covered[a - start : b - start] = True
-                units.append((a, b))
-        units.extend((w, w + 1) for w in range(start, end) if not covered[w - start])
-        return sorted(units)
+                kept.append((a, b))
+        return kept
 
     def mask_window(
         self,
@@ -218,9 +243,10 @@ class KnowledgeMasking(PretrainTask):
         eligible.
         """
         offset = int(document.word_offsets[start])
+        annotated = set(self.annotated_spans(document, start, end, level))
         original = document.tokens(start, end)[:max_tokens].copy()
         eligible = ~np.isin(original, self._special_ids)
-        units, sizes = [], []
+        units, sizes, spans = [], [], []
         for a, b in self.units(document, start, end, level):
             lo = int(document.word_offsets[a]) - offset
             hi = int(document.word_offsets[b]) - offset
@@ -228,11 +254,12 @@ class KnowledgeMasking(PretrainTask):
             if len(positions):
                 units.append(positions)
                 sizes.append(len(positions))
+                spans.append(level != "basic" and (a, b) in annotated)
         ids = original.copy()
         labels = np.full(len(original), IGNORE_INDEX, dtype=np.int64)
         target = max(1, round(self.config.mask_prob * int(eligible.sum())))
         cfg = self.config
-        for index in select_units(sizes, target, rng):
+        for index in select_units(sizes, target, rng, first=spans):
             positions = units[index]
             labels[positions] = original[positions]
             draw = rng.random()
