@@ -1,4 +1,5 @@
-"""Shared fixtures: a small WordPiece tokenizer and hand-written English documents."""
+"""Shared fixtures: a small WordPiece tokenizer, hand-written English documents, the bundled
+Wikipedia sample as documents."""
 
 from __future__ import annotations
 
@@ -54,6 +55,31 @@ def english_documents():
         for i in range(5)
     ]
     return RegexAnnotator().annotate(raws)
+
+
+@pytest.fixture(scope="session")
+def wiki_documents():
+    """The bundled Wikipedia sample (100 articles), regex-annotated, titles left out."""
+    import json
+    from pathlib import Path
+
+    from ernie_style.annotate import RawDocument, RegexAnnotator
+
+    sample = Path(__file__).resolve().parents[1] / "data" / "sample_corpus" / "wiki_sample.jsonl"
+    rows = [json.loads(line) for line in sample.read_text(encoding="utf-8").splitlines()]
+    annotator = RegexAnnotator()
+    return [
+        annotator.annotate_one(RawDocument(id=row["id"], title="", text=row["text"]))
+        for row in rows
+    ]
+
+
+@pytest.fixture(scope="session")
+def wiki_tokenizer(wiki_documents):
+    """An uncased 4000-token WordPiece tokenizer trained on the first 40 sample articles."""
+    from ernie_style.tokenizer import train_wordpiece
+
+    return train_wordpiece([doc.text for doc in wiki_documents[:40]], vocab_size=4000)
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +13,6 @@ from model_helpers import tiny_backbone
 
 from ernie_style.annotate import RawDocument, RegexAnnotator, document_from_sentences
 from ernie_style.examples import CorpusContext, collate
-from ernie_style.tokenizer import train_wordpiece
 from pretrain_tasks.sentence_distance import SentenceDistance
 
 MAIN = [
@@ -187,15 +184,9 @@ def test_head_and_loss_run(tokenizer, corpus):
     assert 0.0 <= task.metrics(logits, targets)["accuracy"] <= 1.0
 
 
-def test_a_document_never_gives_the_same_pair_twice_in_a_pass():
+def test_a_document_never_gives_the_same_pair_twice_in_a_pass(wiki_documents, wiki_tokenizer):
     # On 40 Wikipedia articles the old sampler repeated 303 of 12,243 pairs (2.5%).
-    sample = Path(__file__).resolve().parents[2] / "data" / "sample_corpus" / "wiki_sample.jsonl"
-    rows = [json.loads(line) for line in sample.read_text(encoding="utf-8").splitlines()[:40]]
-    docs = [
-        RegexAnnotator().annotate_one(RawDocument(id=row["id"], title="", text=row["text"]))
-        for row in rows
-    ]
-    tokenizer = train_wordpiece([row["text"] for row in rows], vocab_size=4000)
+    docs, tokenizer = wiki_documents[:40], wiki_tokenizer
     task = SentenceDistance(tokenizer, max_seq_len=128)
     corpus = CorpusContext(docs, tokenizer)
     total, repeats = 0, 0

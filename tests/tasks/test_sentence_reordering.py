@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,17 +161,11 @@ def _surface_features(example, sep_id, dot_id):
     )
 
 
-def test_surface_features_predict_no_better_than_the_segment_count():
+def test_surface_features_predict_no_better_than_the_segment_count(wiki_documents, wiki_tokenizer):
     # A lookup-table classifier on surface features, fitted on one half of the examples and
     # scored on the other, does no better than predicting the majority class of each segment
     # count (the count is visible by design: it is the m of the permutation).
-    sample = Path(__file__).resolve().parents[2] / "data" / "sample_corpus" / "wiki_sample.jsonl"
-    rows = [json.loads(line) for line in sample.read_text(encoding="utf-8").splitlines()[:40]]
-    docs = [
-        RegexAnnotator().annotate_one(RawDocument(id=row["id"], title="", text=row["text"]))
-        for row in rows
-    ]
-    tokenizer = train_wordpiece([row["text"] for row in rows], vocab_size=4000)
+    docs, tokenizer = wiki_documents[:40], wiki_tokenizer
     task = SentenceReordering(tokenizer, max_seq_len=128)
     corpus = CorpusContext(docs, tokenizer)
     examples = []

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -141,13 +138,8 @@ def test_balance_keeps_the_rarer_class_and_as_many_of_the_other(greek):
     assert len(picks) == 3  # which 2 of the 3 zeros of segment 1 are kept varies with the seed
 
 
-def test_balance_turns_an_80_percent_majority_into_50(tokenizer):
-    sample = Path(__file__).resolve().parents[2] / "data" / "sample_corpus" / "wiki_sample.jsonl"
-    rows = [json.loads(line) for line in sample.read_text(encoding="utf-8").splitlines()[:10]]
-    docs = [
-        RegexAnnotator().annotate_one(RawDocument(id=row["id"], title="", text=row["text"]))
-        for row in rows
-    ]
+def test_balance_turns_an_80_percent_majority_into_50(tokenizer, wiki_documents):
+    docs = wiki_documents[:10]
     corpus = CorpusContext(docs, tokenizer)
     rates = {}
     for balance in (False, True):
