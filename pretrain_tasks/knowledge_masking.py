@@ -190,18 +190,22 @@ class KnowledgeMasking(PretrainTask):
         return LEVELS[int(rng.choice(len(LEVELS), p=weights / weights.sum()))]
 
     def units(
-        self, document: TokenizedDocument, start: int, end: int, level: str
+        self,
+        document: TokenizedDocument,
+        start: int,
+        end: int,
+        level: str,
+        spans: list[tuple[int, int]] | None = None,
     ) -> list[tuple[int, int]]:
         """Word spans [a, b) of the masking units of words [start, end) at `level`.
 
         Annotated spans outside the window, or overlapping an earlier span, are left out (their
-        words become units of their own).
+        words become units of their own). `spans`: the window's `annotated_spans`, when the
+        caller already has them.
         """
-        if level == "basic":
-            return [(w, w + 1) for w in range(start, end)]
-        if level not in LEVELS:
-            raise ValueError(f"knowledge_masking: unknown level {level!r}")
-        units = self.annotated_spans(document, start, end, level)
+        if spans is None:
+            spans = self.annotated_spans(document, start, end, level)
+        units = list(spans)
         covered = np.zeros(end - start, dtype=bool)
         for a, b in units:
             covered[a - start : b - start] = True
@@ -213,6 +217,8 @@ class KnowledgeMasking(PretrainTask):
     ) -> list[tuple[int, int]]:
         """The level's phrase or entity spans inside words [start, end), without overlaps
         (an earlier span wins); none at the basic level."""
+        if level not in LEVELS:
+            raise ValueError(f"knowledge_masking: unknown level {level!r}")
         if level == "basic":
             return []
         doc = document.doc
@@ -243,23 +249,24 @@ class KnowledgeMasking(PretrainTask):
         eligible.
         """
         offset = int(document.word_offsets[start])
-        annotated = set(self.annotated_spans(document, start, end, level))
+        spans = self.annotated_spans(document, start, end, level)
+        annotated = set(spans)
         original = document.tokens(start, end)[:max_tokens].copy()
         eligible = ~np.isin(original, self._special_ids)
-        units, sizes, spans = [], [], []
-        for a, b in self.units(document, start, end, level):
+        units, sizes, is_span = [], [], []
+        for a, b in self.units(document, start, end, level, spans):
             lo = int(document.word_offsets[a]) - offset
             hi = int(document.word_offsets[b]) - offset
             positions = np.flatnonzero(eligible[lo:hi]) + lo if hi <= len(original) else []
             if len(positions):
                 units.append(positions)
                 sizes.append(len(positions))
-                spans.append(level != "basic" and (a, b) in annotated)
+                is_span.append((a, b) in annotated)
         ids = original.copy()
         labels = np.full(len(original), IGNORE_INDEX, dtype=np.int64)
         target = max(1, round(self.config.mask_prob * int(eligible.sum())))
         cfg = self.config
-        for index in select_units(sizes, target, rng, first=spans):
+        for index in select_units(sizes, target, rng, first=is_span):
             positions = units[index]
             labels[positions] = original[positions]
             draw = rng.random()
