@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+from ernie_style.corpus_index import TokenTable, build_or_load, load_arrays, tokenizer_key
 from ernie_style.document import Document
 
 IGNORE_INDEX = -100
@@ -45,6 +47,9 @@ class TokenizedDocument:
     `token_ids[word_offsets[i]:word_offsets[i + 1]]` are the tokens of word `i`.
     """
 
+    #: Index of the document in the `CorpusContext` that made this view (None otherwise).
+    position: int | None = None
+
     def __init__(self, document: Document, tokenizer: Any) -> None:
         self.doc = document
         words = document.words()
@@ -68,6 +73,17 @@ class TokenizedDocument:
         counts = np.bincount(word_of_token[word_of_token >= 0], minlength=len(words))
         self.word_offsets = np.zeros(len(words) + 1, dtype=np.int64)
         np.cumsum(counts, out=self.word_offsets[1:])
+
+    @classmethod
+    def from_arrays(
+        cls, document: Document, token_ids: np.ndarray, word_offsets: np.ndarray
+    ) -> TokenizedDocument:
+        """A view built from a token table's arrays (no tokenization)."""
+        view = cls.__new__(cls)
+        view.doc = document
+        view.token_ids = np.asarray(token_ids, dtype=np.int64)
+        view.word_offsets = np.asarray(word_offsets, dtype=np.int64)
+        return view
 
     @property
     def num_words(self) -> int:
@@ -103,17 +119,55 @@ class TokenizedDocument:
 class CorpusContext:
     """The corpus a task draws from: other documents (for negatives) and shared, lazily built
     corpus-level structures (e.g. a BM25 index), cached by key.
+
+    With an `index_root` (training: `CORPUS/indexes`), documents are tokenized once into an
+    on-disk token table and corpus-level structures are saved there and memory-mapped
+    (`ernie_style.corpus_index`); `first_document` is the position of `documents[0]` in the
+    prepared corpus, so the training and held-out parts get their own structures.
     """
 
     def __init__(
-        self, documents: Sequence[Document], tokenizer: Any, cache_size: int = 4096
+        self,
+        documents: Sequence[Document],
+        tokenizer: Any,
+        cache_size: int = 4096,
+        index_root: Path | None = None,
+        first_document: int = 0,
     ) -> None:
         self.documents = documents
         self.tokenizer = tokenizer
         self.cache_size = cache_size
+        self.index_root = index_root
+        self.first_document = first_document
         # Bounded LRU: a large corpus is streamed, not held in memory tokenized.
         self._tokenized: OrderedDict[int, TokenizedDocument] = OrderedDict()
         self._shared: dict[str, Any] = {}
+        self._table: TokenTable | None = None
+
+    @property
+    def range_key(self) -> str:
+        """The document range of this context, e.g. 'docs0-392' (names on-disk structures)."""
+        return f"docs{self.first_document}-{self.first_document + len(self.documents)}"
+
+    def token_table(self) -> TokenTable | None:
+        """The on-disk token table (built on first use); None without an index root."""
+        if self._table is None and self.index_root is not None:
+            name = f"tokens-{tokenizer_key(self.tokenizer)}-{self.range_key}"
+            self._table = build_or_load(
+                self.index_root,
+                name,
+                lambda out: TokenTable.build(self.documents, self.tokenizer, out),
+                lambda path, mmap: TokenTable(load_arrays(path, mmap)[0]),
+            )
+        return self._table
+
+    def saved(self, name: str, build: Callable[[Path], None], load: Callable[[Path, bool], T]) -> T:
+        """A corpus-level structure named `name` (this context's range is added), saved under
+        the index root and memory-mapped, or built in RAM without one; cached."""
+        key = f"{name}-{self.range_key}"
+        if key not in self._shared:
+            self._shared[key] = build_or_load(self.index_root, key, build, load)
+        return self._shared[key]
 
     def __len__(self) -> int:
         return len(self.documents)
@@ -122,13 +176,29 @@ class CorpusContext:
         """The tokenized view of document `index` (cached)."""
         cached = self._tokenized.get(index)
         if cached is None:
-            cached = TokenizedDocument(self.documents[index], self.tokenizer)
+            table = self.token_table()
+            if table is not None:
+                cached = TokenizedDocument.from_arrays(
+                    self.documents[index], *table.document(index)
+                )
+            else:
+                cached = TokenizedDocument(self.documents[index], self.tokenizer)
+            cached.position = index
             self._tokenized[index] = cached
             if len(self._tokenized) > self.cache_size:
                 self._tokenized.popitem(last=False)
         else:
             self._tokenized.move_to_end(index)
         return cached
+
+    def word_span_tokens(self, index: int, word_start: int, word_end: int) -> np.ndarray:
+        """Sub-token ids of words [word_start, word_end) of document `index` (straight from
+        the token table when there is one: no document is decoded)."""
+        table = self.token_table()
+        if table is None:
+            return self.tokenized(index).tokens(word_start, word_end)
+        tokens, offsets = table.document(index)
+        return np.asarray(tokens[offsets[word_start] : offsets[word_end]], dtype=np.int64)
 
     def random_other_index(self, rng: np.random.Generator, exclude_id: str) -> int | None:
         """Index of a random document whose id differs from `exclude_id` (None if there is
@@ -193,13 +263,20 @@ def assemble(
     input_ids, token_types = [cls_id], [0]
     labels: list[int] | None = [IGNORE_INDEX] if segment_labels is not None else None
     for k, (segment, length) in enumerate(zip(segments, lengths, strict=True)):
-        input_ids.extend(int(t) for t in segment[:length])
+        input_ids.extend(_int_list(segment[:length]))
         input_ids.append(sep_id)
         token_types.extend([k] * (length + 1))
         if labels is not None and segment_labels is not None:
-            labels.extend(int(t) for t in segment_labels[k][:length])
+            labels.extend(_int_list(segment_labels[k][:length]))
             labels.append(IGNORE_INDEX)
     return input_ids, token_types, labels
+
+
+def _int_list(values: Sequence[int] | np.ndarray) -> list[int]:
+    """Python ints of a list or array (`tolist` converts a whole array at C speed)."""
+    if isinstance(values, np.ndarray):
+        return values.astype(np.int64, copy=False).tolist()
+    return [int(v) for v in values]
 
 
 def collate(examples: Sequence[Example], pad_id: int, pad_to_multiple_of: int = 8) -> dict:

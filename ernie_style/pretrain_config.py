@@ -48,6 +48,17 @@ class DataSection:
     tokenizer: str | None = option(None, "HF tokenizer directory (default: CORPUS/tokenizer)")
     max_seq_len: int = option(128, "tokens per example, special tokens included")
     heldout_documents: int = option(8, "documents kept out of training for held-out evaluation")
+    index_dir: str | None = option(
+        None,
+        "where token tables and task indexes (BM25) are built once and memory-mapped "
+        "(default: CORPUS/indexes; may be shared storage)",
+    )
+    num_workers: int = option(
+        1,
+        "loader worker processes per training process building its share of each step (0 = "
+        "in the training process; 0 and 1 give the same batches)",
+    )
+    prefetch_factor: int = option(4, "steps each loader worker builds ahead")
 
     def validate(self) -> None:
         """Check ranges."""
@@ -57,6 +68,10 @@ class DataSection:
             raise ValueError(f"data.max_seq_len must be >= 16, got {self.max_seq_len}")
         if self.heldout_documents < 0:
             raise ValueError("data.heldout_documents must be >= 0")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.prefetch_factor < 1:
+            raise ValueError(f"data.prefetch_factor must be >= 1, got {self.prefetch_factor}")
 
 
 @dataclass

@@ -71,6 +71,12 @@ class PretrainTask(ABC):
         """
         return []
 
+    def prepare(self, corpus: CorpusContext) -> None:
+        """Build (or map) what the task needs across the corpus, before training forks its
+        loader workers (e.g. IR relevance's BM25 index, saved next to the corpus). None by
+        default."""
+        del corpus
+
     def set_progress(self, fraction: float) -> None:
         """Told by the trainer how far (0..1) training has got; tasks with a curriculum (e.g.
         staged knowledge masking) override it; the default ignores it.

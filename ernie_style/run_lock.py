@@ -40,6 +40,22 @@ LOCK_FILE = ".ernie-style.lock"
 _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
+#: Descriptors of the locks this process holds. A forked child (a DataLoader worker) shares
+#: the lock's open file description: it closes its copies at once, or a run killed with -9
+#: would stay locked until its orphaned workers notice and exit.
+_HELD_FDS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD_FDS):  # close only: LOCK_UN here would unlock the parent's lock too
+        with suppress(OSError):
+            os.close(fd)
+    _HELD_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 class RunLockedError(RuntimeError):
     """Another live ernie-style run holds the lock of the directory (one-line message)."""
 
@@ -98,6 +114,7 @@ class RunLock:
                 return self
             if _same_file(fd, self.path):
                 self._fd = fd
+                _HELD_FDS.add(fd)
             else:  # the holder removed the file between our open and flock: lock the new one
                 os.close(fd)
         self._write_holder()
@@ -108,6 +125,7 @@ class RunLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        _HELD_FDS.discard(fd)
         with suppress(OSError):
             self.path.unlink(missing_ok=True)  # while still locked: see `_same_file`
             if self._created:  # a run refused before writing anything leaves no empty dir

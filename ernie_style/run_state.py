@@ -25,10 +25,12 @@ from ernie_style.checkpoint import (
     writing_checkpoint,
 )
 from ernie_style.config import dump_yaml
+from ernie_style.corpus_index import index_root
 from ernie_style.cpu_kernels import CPU_ATTENTION, resolve_attention, use_cpu_kernels
 from ernie_style.deepspeed_support import gather_full_state, is_deepspeed_engine
 from ernie_style.document import DocumentSequence
 from ernie_style.examples import CorpusContext, collate
+from ernie_style.loader import DataStreams, StepLayout, gather_from_ranks
 from ernie_style.model import ErniePretrainingModel, build_backbone_config, load_backbone
 from ernie_style.pretrain_config import PretrainConfig
 from ernie_style.registry import PretrainTask, get_task
@@ -61,7 +63,8 @@ class RunState:
     schedule: ContinualSchedule
     model: ErniePretrainingModel
     optimizer: torch.optim.Optimizer
-    streams: dict[str, TaskExampleStream]
+    #: This process's task streams (one per task and loader slot) and their positions.
+    streams: DataStreams
     seed: int
     nonfinite_in_a_row: int = 0
     nonfinite_total: int = 0
@@ -71,6 +74,8 @@ class RunState:
     #: The precision the run computes in (`PrecisionChoice.to_dict()`); set by the trainer and
     #: recorded in every checkpoint and release.
     precision: dict[str, str] = field(default_factory=dict)
+    #: Set by `load_checkpoint` when the data streams were re-sharded (elastic resume).
+    data_message: str | None = None
     _heldout: dict[str, list[dict]] = field(default_factory=dict)
 
     @property
@@ -102,12 +107,17 @@ class RunState:
 
 
 def build_run_state(
-    config: PretrainConfig, device_type: str = "cpu", fused_optimizer: bool = False
+    config: PretrainConfig,
+    device_type: str = "cpu",
+    fused_optimizer: bool = False,
+    rank: int = 0,
+    world: int = 1,
 ) -> RunState:
     """Tokenizer, corpus split, tasks, schedule, model and optimizer for a fresh run.
 
     `device_type` picks the attention kernel for `model.attn_implementation: auto`;
-    `fused_optimizer` selects torch's fused AdamW (not for DeepSpeed, which wraps the optimizer).
+    `fused_optimizer` selects torch's fused AdamW (not for DeepSpeed, which wraps the optimizer);
+    `rank`/`world` pick this process's data shards.
     """
     from ernie_style.corpus import load_corpus
 
@@ -116,12 +126,22 @@ def build_run_state(
     n_heldout = min(config.data.heldout_documents, max(len(dataset) - 1, 0))
     train_docs = DocumentSequence(dataset.select(range(len(dataset) - n_heldout)))
     heldout_docs = DocumentSequence(dataset.select(range(len(dataset) - n_heldout, len(dataset))))
-    train_corpus = CorpusContext(train_docs, tokenizer)
-    heldout = CorpusContext(heldout_docs, tokenizer) if n_heldout else None
+    root = index_root(Path(config.data.corpus), config.data.index_dir)
+    n_train = len(dataset) - n_heldout
+    train_corpus = CorpusContext(train_docs, tokenizer, index_root=root)
+    heldout = (
+        CorpusContext(heldout_docs, tokenizer, index_root=root, first_document=n_train)
+        if n_heldout
+        else None
+    )
     tasks = {
         name: get_task(name)(tokenizer, max_seq_len=config.data.max_seq_len, config=s.options)
         for name, s in config.tasks.items()
     }
+    # Corpus-level structures: built once on disk (a new task's on first use), then mapped.
+    train_corpus.token_table()
+    for task in tasks.values():
+        task.prepare(train_corpus)
     schedule = config.build_schedule()
     backbone = _build_backbone(config, tokenizer)
     attention = resolve_attention(config.model.attn_implementation, device_type)
@@ -138,7 +158,7 @@ def build_run_state(
         schedule=schedule,
         model=model,
         optimizer=build_optimizer(model, config, fused=fused_optimizer),
-        streams={n: TaskExampleStream(t, train_corpus, seed=config.seed) for n, t in tasks.items()},
+        streams=DataStreams(tasks, train_corpus, config.seed, step_layout(config, rank, world)),
         seed=config.seed,
     )
 
@@ -162,6 +182,20 @@ def _build_backbone(config: PretrainConfig, tokenizer: Any) -> ErnieModel:
         attention_probs_dropout_prob=config.model.dropout,
     )
     return ErnieModel(backbone_config)
+
+
+def step_layout(config: PretrainConfig, rank: int = 0, world: int = 1) -> StepLayout:
+    """How the config's steps split over tasks, processes, micro-batches and loader slots."""
+    mixed = config.schedule.mixed_batches
+    return StepLayout(
+        batch_size=config.batch_size,
+        tasks_per_step=config.schedule.tasks_per_step if mixed else 1,
+        mlm_every_step=config.schedule.mlm_every_step,
+        grad_accum_steps=config.optim.grad_accum_steps,
+        rank=rank,
+        world=world,
+        num_workers=config.data.num_workers,
+    )
 
 
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -203,6 +237,7 @@ def save_checkpoint(
     root = Path(config.output_dir) / "checkpoints"
     step = state.schedule.step
     accelerator.wait_for_everyone()
+    positions = state.streams.state_dict(gather_from_ranks)  # a collective: every rank
     path = root / f"step-{step:08d}"
     if is_deepspeed_engine(model):
         # ZeRO shards weights/moments: gather them per name (a collective, on every rank).
@@ -222,7 +257,7 @@ def save_checkpoint(
             if state.balancer is not None:
                 writer.save_torch("balancer.pt", state.balancer.state_dict())
             writer.save_tensors("rng_state.safetensors", {"torch": torch.get_rng_state()})
-            writer.save_json("trainer_state.json", _trainer_state(state, accelerator))
+            writer.save_json("trainer_state.json", _trainer_state(state, accelerator, positions))
             writer.save_text("config.yaml", dump_yaml(config))
             state.tokenizer.save_pretrained(str(writer.tmp / "tokenizer"))
             writer.save_json("backbone_config.json", unwrapped.backbone.config.to_dict())
@@ -232,11 +267,13 @@ def save_checkpoint(
     return path
 
 
-def _trainer_state(state: RunState, accelerator: Any) -> dict[str, Any]:
+def _trainer_state(
+    state: RunState, accelerator: Any, stream_positions: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "step": state.schedule.step,
         "schedule": state.schedule.state_dict(),
-        "streams": {name: s.state_dict() for name, s in state.streams.items()},
+        "streams": stream_positions,
         "tasks": {name: t.task_id for name, t in state.tasks.items()},
         "tokenizer_fingerprint": tokenizer_fingerprint(state.tokenizer),
         "nonfinite_total": state.nonfinite_total,
@@ -262,9 +299,7 @@ def load_checkpoint(state: RunState, checkpoint: Path, config: PretrainConfig) -
     if state.balancer is not None and (checkpoint / "balancer.pt").is_file():
         state.balancer.load_state_dict(load_torch_file(checkpoint / "balancer.pt"))
     state.schedule.load_state_dict(trainer_state["schedule"])
-    for name, stream_state in trainer_state["streams"].items():
-        if name in state.streams:
-            state.streams[name].load_state_dict(stream_state)
+    state.data_message = state.streams.load_state_dict(trainer_state["streams"])
     state.nonfinite_total = int(trainer_state.get("nonfinite_total", 0))
     state.tokens_seen = int(trainer_state.get("tokens_seen", 0))
     torch.set_rng_state(load_tensors(checkpoint / "rng_state.safetensors")["torch"])

@@ -75,7 +75,7 @@ class TaskExampleStream:
         return np.random.default_rng([self.seed, self.task.task_id, epoch, document + 2])
 
     def epoch_documents(self, epoch: int) -> np.ndarray:
-        """This shard's documents in `epoch`, in visiting order."""
+        """The documents of this shard in `epoch`, in visiting order."""
         order = self._rng(epoch, -2).permutation(len(self.corpus))
         return order[self.shard :: self.num_shards]
 

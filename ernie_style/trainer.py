@@ -2,8 +2,9 @@
 
 Exact resume by construction: every step reseeds torch from (seed, step), the task sampler is
 seeded by (seed, step) and data streams are positional, so a run resumed from a checkpoint
-replays the same steps as the uninterrupted run. Each step's examples are drawn globally and
-each process takes its slice, so data positions do not depend on the number of processes.
+replays the same steps as the uninterrupted run. Each process builds only its own share of a
+step, in DataLoader worker processes (`ernie_style.loader`); a run resumed on another number of
+processes or workers re-shards its data streams without losing or repeating an example.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from ernie_style.deepspeed_support import (
     restore_full_state,
 )
 from ernie_style.deepspeed_support import initialize as deepspeed_initialize
-from ernie_style.examples import collate
 from ernie_style.export import RELEASE_MARKER
 from ernie_style.fileio import atomic_write
 from ernie_style.lr import StageLR
@@ -102,11 +102,15 @@ class PretrainTrainer:
         check_batch_divides(config, world)
         if config.num_workers_threads:
             torch.set_num_threads(config.num_workers_threads)
-        self.state: RunState = build_run_state(
-            config,
-            device_type=self.accelerator.device.type,
-            fused_optimizer=not uses_deepspeed(self.accelerator, config),
-        )
+        # The local main process builds missing corpus indexes; the others then map them.
+        with self.accelerator.local_main_process_first():
+            self.state: RunState = build_run_state(
+                config,
+                device_type=self.accelerator.device.type,
+                fused_optimizer=not uses_deepspeed(self.accelerator, config),
+                rank=self.accelerator.process_index,
+                world=world,
+            )
         self.state.balancer = self._build_balancer(config)
         self.state.precision = self.precision.to_dict()
         checkpoint = resolve_resume(
@@ -119,6 +123,8 @@ class PretrainTrainer:
         elif checkpoint is not None:
             load_checkpoint(self.state, checkpoint, config)
             self._print(f"resumed from {checkpoint} at step {self.state.schedule.step}")
+            if self.state.data_message:
+                self._print(self.state.data_message)
         self.lr = StageLR(
             self.state.schedule,
             config.optim.warmup_steps,
@@ -225,6 +231,9 @@ class PretrainTrainer:
             unit="step",
             dynamic_ncols=True,
         )
+        self._batches = iter(
+            self.state.streams.loader(schedule, self.state.pad_id, config.data.prefetch_factor)
+        )
         window: dict[str, list[float]] = {}
         tokens_in_window, window_start, data_seconds = 0, time.perf_counter(), 0.0
         run_start, run_tokens = window_start, self.state.tokens_seen
@@ -269,6 +278,7 @@ class PretrainTrainer:
                 self.save()
         bar.close()
         self.logger.close()
+        del self._batches  # stops the loader workers
         seconds, tokens = time.perf_counter() - run_start, self.state.tokens_seen - run_tokens
         if tokens:
             self._print(
@@ -279,25 +289,19 @@ class PretrainTrainer:
         return self.run_dir
 
     def _next_batches(self) -> dict[str, list[dict]]:
-        """Sample the step's task(s) and build each task's micro-batches for this process."""
-        config, state = self.config, self.state
-        k = config.schedule.tasks_per_step if config.schedule.mixed_batches else 1
-        tasks = state.schedule.sample(k)
-        if config.schedule.mlm_every_step and "knowledge_masking" not in tasks:
-            tasks.append("knowledge_masking")
-        progress = state.schedule.step / max(state.schedule.total_steps, 1)
-        per_task = config.batch_size // len(tasks)
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        accum = config.optim.grad_accum_steps
-        batches = {}
-        for task in tasks:
-            state.streams[task].set_progress(progress)
-            examples = state.streams[task].take(per_task)[rank::world]
-            size = len(examples) // accum
-            batches[task] = [
-                collate(examples[i * size : (i + 1) * size], state.pad_id) for i in range(accum)
-            ]
-        return batches
+        """The step's micro-batches per task for this process, from the loader; its task(s)
+        must be the ones this process's schedule samples."""
+        state = self.state
+        step = state.schedule.step
+        tasks = state.streams.layout.sample_tasks(state.schedule)
+        batch = next(self._batches)
+        if batch["step"] != step or batch["tasks"] != tasks:
+            raise RuntimeError(
+                f"data loader out of step: it built step {batch['step']} for {batch['tasks']}, "
+                f"the schedule is at step {step} with {tasks}"
+            )
+        state.streams.consumed(batch)
+        return batch["batches"]
 
     def _train_step(self, step: int, batches: dict[str, list[dict]]) -> dict[str, float]:
         """One optimizer step; a non-finite loss skips it, and too many in a row stop the run

@@ -17,15 +17,20 @@ passage, label; label 0/1/2 or strong/weak/irrelevant) adds to or replaces these
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
 
+from ernie_style.corpus_index import load_arrays, save_arrays
 from ernie_style.document import Document
 from ernie_style.examples import CorpusContext, Example, TokenizedDocument
 from ernie_style.heads import SequenceClassificationHead, TaskHead
@@ -50,58 +55,124 @@ def terms(text: str) -> list[str]:
     return _TERM.findall(text.lower())
 
 
+def term_hashes(terms: Sequence[str]) -> np.ndarray:
+    """Stable 64-bit ids of terms (crc32 and adler32 side by side): the index stores these
+    instead of a vocabulary dict, so it maps from disk with nothing to rebuild in RAM."""
+    out = np.empty(len(terms), dtype=np.uint64)
+    for i, term in enumerate(terms):
+        data = term.encode("utf-8")
+        out[i] = (zlib.crc32(data) << 32) | zlib.adler32(data)
+    return out
+
+
+def bm25_arrays(
+    hashes: np.ndarray,
+    passages: np.ndarray,
+    tf: np.ndarray,
+    lengths: np.ndarray,
+    k1: float = 1.2,
+    b: float = 0.75,
+) -> dict[str, np.ndarray]:
+    """CSR BM25 arrays from one (term hash, passage, term frequency) row per posting."""
+    if k1 < 0 or not 0 <= b <= 1:
+        raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+    n = len(lengths)
+    term_hash, term_of = np.unique(hashes, return_inverse=True)
+    order = np.argsort(term_of, kind="stable")
+    postings = passages[order].astype(np.int32)
+    tf = tf[order].astype(np.float64)
+    df = np.bincount(term_of, minlength=len(term_hash))
+    offsets = np.zeros(len(term_hash) + 1, dtype=np.int64)
+    np.cumsum(df, out=offsets[1:])
+    idf = np.log1p((n - df + 0.5) / (df + 0.5))
+    lengths = np.asarray(lengths, dtype=np.float64)
+    avg_len = lengths.mean() if lengths.sum() > 0 else 1.0
+    norm = k1 * (1 - b + b * lengths / avg_len)
+    weights = idf[term_of[order]] * tf * (k1 + 1) / (tf + norm[postings])
+    return {
+        "term_hash": term_hash.astype(np.uint64),
+        "term_offsets": offsets,
+        "postings": postings,
+        "weights": weights.astype(np.float64),
+    }
+
+
 class BM25Index:
-    """Okapi BM25 over a fixed list of passages (term lists), with an inverted index.
+    """Okapi BM25 over a fixed list of passages (term lists), as a CSR inverted index.
 
     score(q, p) = sum over query terms t (repeats count) of
     idf(t) * tf(t, p) * (k1 + 1) / (tf(t, p) + k1 * (1 - b + b * len(p) / avg_len)), with
     idf(t) = ln(1 + (N - df(t) + 0.5) / (df(t) + 0.5)). A query only touches the postings of
     its terms. `groups` (e.g. document ids) lets a query exclude the passages of one group.
+    The arrays (`arrays()`) can be saved and memory-mapped back (`from_arrays`).
     """
 
     def __init__(
         self,
         passages: Sequence[Sequence[str]],
-        groups: Sequence[str] | None = None,
+        groups: Sequence[Any] | None = None,
         k1: float = 1.2,
         b: float = 0.75,
     ) -> None:
-        if k1 < 0 or not 0 <= b <= 1:
-            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
         if groups is not None and len(groups) != len(passages):
             raise ValueError(f"{len(groups)} groups for {len(passages)} passages")
-        self.num_passages = n = len(passages)
-        self.vocab: dict[str, int] = {}
-        term_list, passage_list, tf_list = [], [], []
+        hashes, owners, counts = [], [], []
         for p, passage in enumerate(passages):
-            for term, count in Counter(passage).items():
-                term_list.append(self.vocab.setdefault(term, len(self.vocab)))
-                passage_list.append(p)
-                tf_list.append(count)
-        term_ids = np.asarray(term_list, dtype=np.int64)
-        order = np.argsort(term_ids, kind="stable")
-        self._postings = np.asarray(passage_list, dtype=np.int64)[order]
-        tf = np.asarray(tf_list, dtype=np.float64)[order]
-        df = np.bincount(term_ids, minlength=len(self.vocab))
-        self._offsets = np.zeros(len(self.vocab) + 1, dtype=np.int64)
-        np.cumsum(df, out=self._offsets[1:])
-        self.idf = np.log1p((n - df + 0.5) / (df + 0.5))
-        lengths = np.asarray([len(p) for p in passages], dtype=np.float64)
-        avg_len = lengths.mean() if lengths.sum() > 0 else 1.0
-        norm = k1 * (1 - b + b * lengths / avg_len)
-        self._weights = self.idf[term_ids[order]] * tf * (k1 + 1) / (tf + norm[self._postings])
+            counted = Counter(passage)
+            hashes.append(term_hashes(list(counted)))
+            owners.append(np.full(len(counted), p, dtype=np.int64))
+            counts.append(np.fromiter(counted.values(), dtype=np.int64, count=len(counted)))
+        lengths = np.asarray([len(p) for p in passages], dtype=np.int64)
+        arrays = bm25_arrays(
+            np.concatenate(hashes) if hashes else np.zeros(0, np.uint64),
+            np.concatenate(owners) if owners else np.zeros(0, np.int64),
+            np.concatenate(counts) if counts else np.zeros(0, np.int64),
+            lengths,
+            k1,
+            b,
+        )
         names = list(dict.fromkeys(groups if groups is not None else ()))
-        self._group_code = {g: i for i, g in enumerate(names)}
-        codes = [self._group_code[g] for g in groups] if groups is not None else [-1] * n
-        self.groups = np.asarray(codes, dtype=np.int64)
+        self._group_code: dict[Any, int] | None = {g: i for i, g in enumerate(names)}
+        codes = [self._group_code[g] for g in groups] if groups is not None else [-1] * len(lengths)
+        self._load({**arrays, "groups": np.asarray(codes, dtype=np.int64)})
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> BM25Index:
+        """An index over saved arrays; `groups` are integers and `exclude` takes one."""
+        index = cls.__new__(cls)
+        index._group_code = None
+        index._load(arrays)
+        return index
+
+    def _load(self, arrays: dict[str, np.ndarray]) -> None:
+        self.term_hash = arrays["term_hash"]
+        self._offsets = arrays["term_offsets"]
+        self._postings = arrays["postings"]
+        self._weights = arrays["weights"]
+        self.groups = arrays["groups"]
+        self.num_passages = len(self.groups)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The index as named arrays (what `from_arrays` takes)."""
+        return {
+            "term_hash": self.term_hash,
+            "term_offsets": self._offsets,
+            "postings": self._postings,
+            "weights": self._weights,
+            "groups": self.groups,
+        }
 
     def scores(self, query_terms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Passages sharing a term with the query (ascending) and their BM25 scores."""
-        ids = [self.vocab[t] for t in query_terms if t in self.vocab]
+        hashes = term_hashes(query_terms)
+        where = np.searchsorted(self.term_hash, hashes)
+        hit = where < len(self.term_hash)
+        hit[hit] = self.term_hash[where[hit]] == hashes[hit]
+        ids = where[hit].tolist()
         if not ids:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         spans = [slice(self._offsets[t], self._offsets[t + 1]) for t in ids]
-        passages = np.concatenate([self._postings[s] for s in spans])
+        passages = np.concatenate([self._postings[s] for s in spans]).astype(np.int64)
         weights = np.concatenate([self._weights[s] for s in spans])
         if len(passages) * 8 < self.num_passages:
             touched, inverse = np.unique(passages, return_inverse=True)
@@ -113,7 +184,7 @@ class BM25Index:
         return touched, dense[touched]
 
     def top_k(
-        self, query_terms: Sequence[str], k: int, exclude: str | None = None
+        self, query_terms: Sequence[str], k: int, exclude: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The (at most) `k` best passages sharing a term with the query, outside group
         `exclude`, best first (ties by passage index), and their scores.
@@ -121,9 +192,10 @@ class BM25Index:
         if k < 1:
             raise ValueError(f"top_k needs k >= 1, got {k}")
         passages, scores = self.scores(query_terms)
-        code = self._group_code.get(exclude, -2) if exclude is not None else -2
-        keep = self.groups[passages] != code
-        passages, scores = passages[keep], scores[keep]
+        if exclude is not None:
+            code = self._group_code.get(exclude, -2) if self._group_code is not None else exclude
+            keep = self.groups[passages] != code
+            passages, scores = passages[keep], scores[keep]
         if len(scores) > k:
             threshold = np.partition(scores, len(scores) - k)[len(scores) - k]
             passages, scores = passages[scores >= threshold], scores[scores >= threshold]
@@ -149,32 +221,110 @@ def passage_tokens(document: TokenizedDocument, span: tuple[int, int]) -> np.nda
     )
 
 
+def _passage_rows(documents: Sequence[Document], first: int, last: int, size: int) -> dict:
+    """Passages of documents [first, last): owner, word range, length, and postings rows."""
+    doc_index, word_start, word_end, lengths, hashes, owners, counts = [], [], [], [], [], [], []
+    for d in range(first, last):
+        doc = documents[d]
+        for start, end in passage_spans(doc, size):
+            text = doc.text[doc.sentence_starts[start] : doc.sentence_ends[end - 1]]
+            counted = Counter(terms(text))
+            owners.append(np.full(len(counted), len(lengths), dtype=np.int64))
+            hashes.append(term_hashes(list(counted)))
+            counts.append(np.fromiter(counted.values(), dtype=np.int64, count=len(counted)))
+            lengths.append(sum(counted.values()))
+            doc_index.append(d)
+            word_start.append(doc.sentence_word_range(start)[0])
+            word_end.append(doc.sentence_word_range(end - 1)[1])
+    empty_u, empty_i = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    return {
+        "doc_index": np.asarray(doc_index, dtype=np.int32),
+        "word_start": np.asarray(word_start, dtype=np.int32),
+        "word_end": np.asarray(word_end, dtype=np.int32),
+        "lengths": np.asarray(lengths, dtype=np.int64),
+        "hashes": np.concatenate(hashes) if hashes else empty_u,
+        "owners": np.concatenate(owners) if owners else empty_i,
+        "counts": np.concatenate(counts) if counts else empty_i,
+    }
+
+
+_BUILD_DOCUMENTS: Sequence[Document] = ()
+
+
+def _rows_in_worker(job: tuple[int, int, int]) -> dict:
+    return _passage_rows(_BUILD_DOCUMENTS, *job)
+
+
 @dataclass
 class PassageTable:
-    """All passages of a corpus: document index and sentence range of each, and their index."""
+    """All passages of a corpus: owner document and word range of each, and their BM25 index
+    (groups = owner documents). Saved as arrays, memory-mapped by training processes."""
 
     doc_index: np.ndarray
-    spans: list[tuple[int, int]]
+    word_start: np.ndarray
+    word_end: np.ndarray
     index: BM25Index
     #: Passages of document d are first_passage[d]:first_passage[d + 1].
     first_passage: np.ndarray
 
+    @staticmethod
+    def build(
+        documents: Sequence[Document],
+        max_sentences: int,
+        out: Path,
+        num_proc: int = 1,
+        chunk: int = 500,
+    ) -> None:
+        """Split every document into passages and index their terms (chunks of documents in
+        `num_proc` forked processes when there are several chunks); save the arrays in `out`."""
+        global _BUILD_DOCUMENTS
+        if not documents:
+            raise ValueError("ir_relevance: no documents to index")
+        total = len(documents)
+        jobs = [(f, min(f + chunk, total), max_sentences) for f in range(0, total, chunk)]
+        if num_proc > 1 and len(jobs) > 1:
+            _BUILD_DOCUMENTS = documents
+            try:
+                with multiprocessing.get_context("fork").Pool(num_proc) as pool:
+                    parts = pool.map(_rows_in_worker, jobs)
+            finally:
+                _BUILD_DOCUMENTS = ()
+        else:
+            parts = [_passage_rows(documents, *job) for job in jobs]
+        first_row = np.cumsum([0] + [len(p["lengths"]) for p in parts])
+        joined = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        joined["owners"] = np.concatenate([p["owners"] + first_row[i] for i, p in enumerate(parts)])
+        owner_doc = joined["doc_index"]
+        arrays = bm25_arrays(
+            joined["hashes"], joined["owners"], joined["counts"], joined["lengths"]
+        )
+        arrays |= {
+            "groups": owner_doc,
+            "doc_index": owner_doc,
+            "word_start": joined["word_start"],
+            "word_end": joined["word_end"],
+            "first_passage": np.searchsorted(owner_doc, np.arange(total + 1)).astype(np.int64),
+        }
+        meta = {"documents": total, "passages": len(owner_doc), "passage_sentences": max_sentences}
+        save_arrays(out, arrays, meta)
+
     @classmethod
-    def build(cls, documents: Sequence[Document], max_sentences: int) -> PassageTable:
-        """Split every document into passages and index their terms."""
-        doc_index, spans, passage_terms, groups = [], [], [], []
-        first = np.zeros(len(documents) + 1, dtype=np.int64)
-        for d, doc in enumerate(documents):
-            first[d] = len(spans)
-            for start, end in passage_spans(doc, max_sentences):
-                text = doc.text[doc.sentence_starts[start] : doc.sentence_ends[end - 1]]
-                doc_index.append(d)
-                spans.append((start, end))
-                passage_terms.append(terms(text))
-                groups.append(doc.id)
-        first[len(documents)] = len(spans)
-        index = BM25Index(passage_terms, groups)
-        return cls(np.asarray(doc_index, dtype=np.int64), spans, index, first)
+    def load(cls, path: Path, mmap: bool = True) -> PassageTable:
+        """A saved table (memory-mapped by default)."""
+        arrays, _ = load_arrays(path, mmap)
+        return cls(
+            arrays["doc_index"],
+            arrays["word_start"],
+            arrays["word_end"],
+            BM25Index.from_arrays(arrays),
+            arrays["first_passage"],
+        )
+
+    def tokens(self, corpus: CorpusContext, p: int) -> np.ndarray:
+        """Sub-token ids of passage `p`."""
+        return corpus.word_span_tokens(
+            int(self.doc_index[p]), int(self.word_start[p]), int(self.word_end[p])
+        )
 
 
 @dataclass
@@ -212,10 +362,20 @@ class IRRelevance(PairFileMixin, PretrainTask):
         return 3
 
     def passages(self, corpus: CorpusContext) -> PassageTable:
-        """The corpus's passage table and BM25 index (built once per corpus)."""
+        """The corpus's passage table and BM25 index: built on first use (in parallel), saved
+        next to a prepared corpus and memory-mapped, or held in RAM for an in-memory corpus."""
         size = self.config.passage_sentences
-        key = "ir_relevance/bm25" + ("" if size == 3 else f"/{size}")
-        return corpus.shared(key, lambda: PassageTable.build(corpus.documents, size))
+        procs = min(8, os.cpu_count() or 1) if corpus.index_root is not None else 1
+        return corpus.saved(
+            f"ir_relevance-bm25-p{size}",
+            lambda out: PassageTable.build(corpus.documents, size, out, num_proc=procs),
+            PassageTable.load,
+        )
+
+    def prepare(self, corpus: CorpusContext) -> None:
+        """Build (or map) the passage index before training forks its loader workers."""
+        if self.config.pairs_mode != "replace":
+            self.passages(corpus)
 
     def examples(
         self, document: TokenizedDocument, rng: np.random.Generator, corpus: CorpusContext
@@ -226,11 +386,12 @@ class IRRelevance(PairFileMixin, PretrainTask):
         if self.config.pairs_mode == "replace":
             return []
         doc, table = document.doc, self.passages(corpus)
+        own = self._own_index(document, corpus, table)
         spans = passage_spans(doc, self.config.passage_sentences)
         for query_tokens, query_terms, skip_first in self._queries(document):
             strong = [(max(s, int(skip_first)), e) for s, e in spans if e > int(skip_first)]
             strong = [s for s in strong if len(passage_tokens(document, s))]
-            weak, _ = table.index.top_k(query_terms, self.config.top_k, exclude=doc.id)
+            weak, _ = table.index.top_k(query_terms, self.config.top_k, exclude=own)
             if strong and len(weak) and len(query_tokens):
                 break
         else:
@@ -244,6 +405,15 @@ class IRRelevance(PairFileMixin, PretrainTask):
             self._pair_example(query_tokens, passage, label)
             for label, passage in enumerate((strong_tokens, weak_tokens, other_tokens))
         ]
+
+    @staticmethod
+    def _own_index(document: TokenizedDocument, corpus: CorpusContext, table: PassageTable) -> int:
+        """The corpus position of `document` (its passages are not weak candidates); -1 for a
+        document outside the corpus."""
+        if document.position is not None:
+            return document.position
+        ids = [i for i, d in enumerate(corpus.documents) if d.id == document.doc.id]
+        return ids[0] if ids else -1
 
     def _queries(self, document: TokenizedDocument) -> list[tuple[np.ndarray, list[str], bool]]:
         """Query candidates in order of preference: (tokens, terms, is first sentence)."""
@@ -264,7 +434,7 @@ class IRRelevance(PairFileMixin, PretrainTask):
         """
         for _ in range(_DRAWS):
             p = int(top[int(rng.integers(len(top)))])
-            tokens = passage_tokens(corpus.tokenized(int(table.doc_index[p])), table.spans[p])
+            tokens = table.tokens(corpus, p)
             if len(tokens):
                 return tokens
         return None
@@ -288,7 +458,7 @@ class IRRelevance(PairFileMixin, PretrainTask):
             if first == last:
                 continue
             p = int(rng.integers(first, last))
-            tokens = passage_tokens(corpus.tokenized(d), table.spans[p])
+            tokens = table.tokens(corpus, p)
             if p not in avoid and len(tokens):
                 return tokens
         return None

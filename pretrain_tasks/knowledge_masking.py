@@ -100,19 +100,26 @@ def select_units(
         return []
     order = rng.permutation(len(sizes))
     if first is not None:
-        order = np.concatenate(
-            [order[[first[i] for i in order]], order[[not first[i] for i in order]]]
-        )
-    chosen, used = [], 0
-    for index in order:
-        if used >= target:
+        flagged = np.asarray(first, dtype=bool)[order]
+        order = np.concatenate([order[flagged], order[~flagged]])
+    ordered = np.asarray(sizes, dtype=np.int64)[order]
+    # The scan takes the longest prefix that fits, then (skipping what would overshoot) each
+    # next unit that still fits, until the target is reached: one numpy search per extra unit.
+    taken = int(np.searchsorted(np.cumsum(ordered), target, side="right"))
+    chosen = order[:taken].tolist()
+    used = int(ordered[:taken].sum())
+    position = taken
+    while used < target and position < len(order):
+        fits = np.flatnonzero(ordered[position:] <= target - used)
+        if not len(fits):
             break
-        if used + sizes[index] <= target:
-            chosen.append(int(index))
-            used += sizes[index]
+        position += int(fits[0])
+        chosen.append(int(order[position]))
+        used += int(ordered[position])
+        position += 1
     if not chosen:
-        smallest = min(sizes)
-        chosen.append(next(int(i) for i in order if sizes[i] == smallest))
+        smallest = ordered.min()
+        chosen.append(int(order[int(np.argmax(ordered == smallest))]))
     return chosen
 
 
@@ -168,6 +175,7 @@ class KnowledgeMasking(PretrainTask):
         )
         if self._random_ids.size == 0:
             raise ValueError("knowledge_masking: the vocabulary has no non-special token")
+        self._mask_id = int(self.tokenizer.mask_token_id)
         self._progress = 0.0
         self._warned = False
 
@@ -226,11 +234,13 @@ class KnowledgeMasking(PretrainTask):
         ends = np.asarray(getattr(doc, f"{level}_ends"), dtype=np.int64)
         inside = (starts >= start) & (starts < ends) & (ends <= end)
         spans = sorted(zip(starts[inside].tolist(), ends[inside].tolist(), strict=True))
-        kept, covered = [], np.zeros(end - start, dtype=bool)
+        # Sorted by start, the kept spans are disjoint and so also sorted by end: a span
+        # overlaps an earlier kept one exactly when it starts before the last kept one ends.
+        kept, last_end = [], start
         for a, b in spans:
-            if not covered[a - start : b - start].any():
-                covered[a - start : b - start] = True
+            if a >= last_end:
                 kept.append((a, b))
+                last_end = b
         return kept
 
     def mask_window(
@@ -248,30 +258,44 @@ class KnowledgeMasking(PretrainTask):
         selected tokens and IGNORE_INDEX elsewhere; all labels are ignored when no token is
         eligible.
         """
-        offset = int(document.word_offsets[start])
         spans = self.annotated_spans(document, start, end, level)
-        annotated = set(spans)
         original = document.tokens(start, end)[:max_tokens].copy()
+        # Units tile the window: each annotated span, and each word no span covers. Tokens are
+        # in word order, so a unit's eligible tokens are one run of `eligible_positions`.
+        covered = np.zeros(end - start, dtype=bool)
+        opens_span = np.zeros(end - start, dtype=bool)
+        for a, b in spans:
+            covered[a - start : b - start] = True
+            opens_span[a - start] = True
+        opens_unit = ~covered | opens_span
+        unit_of_word = np.cumsum(opens_unit) - 1
+        word_tokens = np.diff(document.word_offsets[start : end + 1])
+        unit_of_token = np.repeat(unit_of_word, word_tokens)
+        num_units = int(unit_of_word[-1]) + 1 if len(unit_of_word) else 0
         eligible = ~np.isin(original, self._special_ids)
-        units, sizes, is_span = [], [], []
-        for a, b in self.units(document, start, end, level, spans):
-            lo = int(document.word_offsets[a]) - offset
-            hi = int(document.word_offsets[b]) - offset
-            positions = np.flatnonzero(eligible[lo:hi]) + lo if hi <= len(original) else []
-            if len(positions):
-                units.append(positions)
-                sizes.append(len(positions))
-                is_span.append((a, b) in annotated)
+        eligible_positions = np.flatnonzero(eligible)
+        sizes_all = np.bincount(unit_of_token[eligible_positions], minlength=num_units)
+        if len(original) < len(unit_of_token):  # a unit reaching past the cut is never selected
+            sizes_all[unit_of_token[len(original)]] = 0
+            sizes_all[unit_of_token[len(original)] + 1 :] = 0
+        starts_all = np.zeros(num_units + 1, dtype=np.int64)
+        np.cumsum(
+            np.bincount(unit_of_token[eligible_positions], minlength=num_units), out=starts_all[1:]
+        )
+        candidates = np.flatnonzero(sizes_all)
+        sizes = sizes_all[candidates].tolist()
+        is_span = opens_span[np.flatnonzero(opens_unit)][candidates].tolist()
         ids = original.copy()
         labels = np.full(len(original), IGNORE_INDEX, dtype=np.int64)
         target = max(1, round(self.config.mask_prob * int(eligible.sum())))
         cfg = self.config
         for index in select_units(sizes, target, rng, first=is_span):
-            positions = units[index]
+            unit = candidates[index]
+            positions = eligible_positions[starts_all[unit] : starts_all[unit + 1]]
             labels[positions] = original[positions]
             draw = rng.random()
             if draw < cfg.mask_token_prob:
-                ids[positions] = self.tokenizer.mask_token_id
+                ids[positions] = self._mask_id
             elif draw < cfg.mask_token_prob + cfg.random_token_prob:
                 ids[positions] = rng.choice(self._random_ids, size=len(positions))
         return ids, labels

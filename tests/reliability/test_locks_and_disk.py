@@ -4,6 +4,7 @@ leaves the previous checkpoint intact and chosen by `--resume auto`."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -39,6 +40,19 @@ import sys, time
 from ernie_style.run_lock import RunLock
 RunLock(sys.argv[1], "pretrain").acquire()
 print("held", flush=True)
+time.sleep(120)
+"""
+
+#: Holds the lock, forks a child that outlives it (like a DataLoader worker), then is killed.
+HOLDER_WITH_CHILD = """
+import os, sys, time
+from ernie_style.run_lock import RunLock
+RunLock(sys.argv[1], "pretrain").acquire()
+child = os.fork()
+if child == 0:
+    time.sleep(60)
+    os._exit(0)
+print(child, flush=True)
 time.sleep(120)
 """
 
@@ -78,6 +92,22 @@ def test_a_killed_holder_leaves_no_stuck_lock(tmp_path):
         assert lock.held
         holder_record = json.loads((tmp_path / LOCK_FILE).read_text())
         assert holder_record["pid"] == os.getpid()
+
+
+def test_a_forked_child_does_not_keep_a_killed_holders_lock(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER_WITH_CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    child = int(holder.stdout.readline())
+    try:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        os.kill(child, 0)  # the child still runs...
+        with RunLock(tmp_path, "pretrain") as lock:  # ...and the run directory is free
+            assert lock.held
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
 
 
 def test_an_empty_run_dir_made_for_the_lock_is_removed_again(tmp_path):

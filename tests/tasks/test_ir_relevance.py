@@ -186,7 +186,7 @@ def test_no_examples_when_a_class_is_impossible(tokenizer):
 def test_index_is_shared_and_deterministic(tokenizer):
     corpus, task = build(tokenizer)
     assert task.passages(corpus) is task.passages(corpus)
-    assert corpus.shared("ir_relevance/bm25", lambda: None) is task.passages(corpus)
+    assert corpus.saved("ir_relevance-bm25-p3", None, None) is task.passages(corpus)
     first = [task.examples(corpus.tokenized(d), np.random.default_rng(5), corpus) for d in range(6)]
     again = [task.examples(corpus.tokenized(d), np.random.default_rng(5), corpus) for d in range(6)]
     assert first == again
@@ -323,3 +323,56 @@ def test_head_and_loss_run(tokenizer, english_documents):
     loss = task.loss(logits, targets)
     assert torch.isfinite(loss)
     loss.backward()
+
+
+# --- the on-disk index ------------------------------------------------------------------------
+
+
+def test_saved_index_is_memory_mapped_and_gives_the_same_examples(
+    wiki_documents, wiki_tokenizer, tmp_path
+):
+    docs = wiki_documents[:30]
+    in_ram = CorpusContext(docs, wiki_tokenizer)
+    on_disk = CorpusContext(docs, wiki_tokenizer, index_root=tmp_path, first_document=0)
+    task = IRRelevance(wiki_tokenizer, 96)
+    table = task.passages(on_disk)
+    assert (tmp_path / "ir_relevance-bm25-p3-docs0-30" / "meta.json").is_file()
+    assert isinstance(table.index._postings, np.memmap) and isinstance(table.doc_index, np.memmap)
+    assert len(list(tmp_path.glob("tokens-*-docs0-30/token_ids.npy"))) == 0  # not needed yet
+    for d in range(30):
+        rng_a, rng_b = np.random.default_rng(d), np.random.default_rng(d)
+        # on disk, documents come from the token table (built on first use) and passages from
+        # the mapped arrays: the examples are the same as from the in-memory corpus
+        assert task.examples(on_disk.tokenized(d), rng_a, on_disk) == task.examples(
+            in_ram.tokenized(d), rng_b, in_ram
+        )
+    assert len(list(tmp_path.glob("tokens-*-docs0-30/token_ids.npy"))) == 1
+    # A second context (another process) maps the same files instead of building them again.
+    again = CorpusContext(docs, wiki_tokenizer, index_root=tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.npy")}
+    assert task.passages(again).index.term_hash.tolist() == table.index.term_hash.tolist()
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.npy")} == before
+
+
+def test_parallel_build_equals_the_serial_one(wiki_documents, tmp_path):
+    from pretrain_tasks.ir_relevance import PassageTable
+
+    docs = wiki_documents[:40]
+    (tmp_path / "serial").mkdir()
+    (tmp_path / "parallel").mkdir()
+    PassageTable.build(docs, 3, tmp_path / "serial", num_proc=1, chunk=7)
+    PassageTable.build(docs, 3, tmp_path / "parallel", num_proc=2, chunk=7)
+    serial = PassageTable.load(tmp_path / "serial")
+    parallel = PassageTable.load(tmp_path / "parallel")
+    for key, array in serial.index.arrays().items():
+        assert np.array_equal(array, parallel.index.arrays()[key]), key
+    assert np.array_equal(serial.first_passage, parallel.first_passage)
+    # and the same as the in-RAM index of the same passages' terms
+    passages = [
+        terms(doc.text[doc.sentence_starts[s] : doc.sentence_ends[e - 1]])
+        for doc in docs
+        for s, e in passage_spans(doc, 3)
+    ]
+    reference = BM25Index(passages)
+    assert np.array_equal(reference.term_hash, serial.index.term_hash)
+    assert np.allclose(reference.arrays()["weights"], serial.index.arrays()["weights"])
