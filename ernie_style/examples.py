@@ -130,7 +130,7 @@ class CorpusContext:
         self,
         documents: Sequence[Document],
         tokenizer: Any,
-        cache_size: int = 4096,
+        cache_size: int = 64,
         index_root: Path | None = None,
         first_document: int = 0,
     ) -> None:
@@ -139,7 +139,8 @@ class CorpusContext:
         self.cache_size = cache_size
         self.index_root = index_root
         self.first_document = first_document
-        # Bounded LRU: a large corpus is streamed, not held in memory tokenized.
+        # Bounded LRU of decoded documents (each holds its annotation as Python lists, up to
+        # ~1 MB): memory must not grow with the corpus; the token table makes a miss cheap.
         self._tokenized: OrderedDict[int, TokenizedDocument] = OrderedDict()
         self._shared: dict[str, Any] = {}
         self._table: TokenTable | None = None

@@ -64,10 +64,10 @@ class SentenceDistance(PretrainTask):
         sentences or without an adjacent and a distant pair of non-empty sentences.
         """
         doc = document.doc
-        ids = corpus.shared(
-            "sentence_distance/ids", lambda: frozenset(d.id for d in corpus.documents)
-        )
-        if doc.num_sentences < 3 or not (len(ids) > 1 or (ids and doc.id not in ids)):
+        # Another document to draw class 2 from (a corpus's ids are unique after `prepare`;
+        # counting them would read every document of a large corpus).
+        others = len(corpus) > 1 or (len(corpus) == 1 and document.position is None)
+        if doc.num_sentences < 3 or not others:
             return []  # too short, or no other document to draw class 2 from
         usable = _usable_sentences(document)
         usable_set = set(usable)

@@ -117,3 +117,36 @@ def test_a_different_layout_is_an_elastic_resume_that_says_so(setup):
     _, resumed, message = run(setup, world=2, rank=1, workers=2, state=saved)
     assert "elastic resume" in message and "from 1 to 4" in message
     assert resumed.state_dict()["capitalization"]["num_shards"] == 4
+
+
+def test_indexes_are_built_once_on_disk_and_a_new_task_builds_its_own(small_corpus, tmp_path):
+    from pretrain_helpers import write_config
+
+    from ernie_style.config import load_config
+    from ernie_style.pretrain_config import PretrainConfig
+    from ernie_style.run_state import build_run_state
+
+    index_dir = tmp_path / "shared_indexes"
+    path = write_config(
+        tmp_path / "a.yaml", small_corpus, tmp_path / "run", data__index_dir=str(index_dir)
+    )
+    state = build_run_state(load_config(PretrainConfig, path))
+    (root,) = index_dir.iterdir()  # one folder per corpus fingerprint
+    assert root.name.startswith("corpus-")
+    assert [p.name.split("-")[0] for p in root.iterdir()] == ["tokens"]
+    assert state.streams.streams[0]["capitalization"].corpus.token_table() is not None
+    # A run that adds IR relevance builds its BM25 index there on first use; the token table
+    # is reused (same files), not rebuilt.
+    table_files = {p: p.stat().st_mtime_ns for p in root.rglob("*.npy")}
+    tasks = {"capitalization": {"budget": 4}, "ir_relevance": {"budget": 4}}
+    path = write_config(
+        tmp_path / "b.yaml",
+        small_corpus,
+        tmp_path / "run",
+        tasks=tasks,
+        data__index_dir=str(index_dir),
+    )
+    build_run_state(load_config(PretrainConfig, path))
+    names = sorted(p.name.rsplit("-", 2)[0].split("-")[0] for p in root.iterdir())
+    assert names == ["ir_relevance", "tokens"]
+    assert all(p.stat().st_mtime_ns == t for p, t in table_files.items())
