@@ -97,7 +97,7 @@ def loader_rate(corpus_dir: Path, batch: int, workers: int, steps: int) -> float
     layout = StepLayout(batch_size=batch, rank=0, world=1, num_workers=workers)
     streams = DataStreams(tasks, corpus, seed=0, layout=layout)
     schedule = ContinualSchedule([{n: steps + 2 * workers for n in tasks}])
-    iterator = iter(streams.loader(schedule, 0, prefetch_factor=4))
+    iterator = iter(streams.loader(schedule, 0, prefetch_factor=1))  # no head start
     for _ in range(workers):  # every worker has started and built its first step
         next(iterator)
     start = time.perf_counter()
@@ -160,16 +160,20 @@ print(time.perf_counter() - imported, private, peak)
 
 def startup(corpus_dir: Path) -> tuple[float, float, float]:
     """(seconds, private RSS MiB, peak RSS MiB) of a fresh process mapping the corpus and
-    building one step of every task (imports excluded). Private = anonymous memory; the peak
-    also counts pages of the mapped files the process touched (page cache, shared by every
-    process on the machine and reclaimable)."""
-    out = subprocess.run(
-        [sys.executable, "-c", STARTUP, str(corpus_dir), str(Path(__file__).parent)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    return float(out[0]), float(out[1]), float(out[2])
+    building one step of every task (imports excluded; medians of three runs). Private =
+    anonymous memory; the peak also counts pages of the mapped files the process touched
+    (page cache, shared by every process on the machine and reclaimable)."""
+    runs = []
+    for _ in range(3):  # a start-up is half a second: the median of three fresh processes
+        out = subprocess.run(
+            [sys.executable, "-c", STARTUP, str(corpus_dir), str(Path(__file__).parent)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        runs.append(tuple(float(v) for v in out))
+    seconds, private, peak = (sorted(column)[1] for column in zip(*runs, strict=True))
+    return seconds, private, peak
 
 
 def masking_rates(corpus_dir: Path) -> tuple[float, float]:

@@ -83,7 +83,7 @@ def test_shards_split_an_epoch_without_overlap(wiki_corpus, wiki_tokenizer, num_
 
 def test_more_shards_than_documents_is_a_clear_error(english_documents, tokenizer):
     task = get_task("capitalization")(tokenizer)
-    with pytest.raises(ValueError, match="6 data shards .* only 5 training documents"):
+    with pytest.raises(ValueError, match=r"6 data shards .* only 5 training documents"):
         TaskExampleStream(task, CorpusContext(english_documents, tokenizer), shard=0, num_shards=6)
 
 
