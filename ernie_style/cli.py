@@ -26,6 +26,7 @@ from ernie_style.run_lock import RunLockedError
 COMMANDS = (
     "tasks",
     "prepare",
+    "merge-shards",
     "examples",
     "pretrain",
     "export",

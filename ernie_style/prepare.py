@@ -71,6 +71,9 @@ class PrepareConfig:
     tokenizer_vocab_size: int | None = None
     cased: bool = False
     tokenizer_min_frequency: int = 2
+    #: (I, N): keep only documents k with k % N == I of the input stream (`merge-shards` joins
+    #: the N outputs into the corpus an unsharded run writes).
+    shard: tuple[int, int] | None = None
     # Below: speed and display only, not part of the fingerprint.
     num_proc: int = 1
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -86,6 +89,15 @@ class PrepareConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_documents is not None and self.max_documents < 1:
             raise ValueError(f"max_documents must be at least 1, got {self.max_documents}")
+        if self.shard is not None:
+            index, count = self.shard
+            if not 0 <= index < count:
+                raise ValueError(f"--shard I/N needs 0 <= I < N, got {index}/{count}")
+            if self.tokenizer_vocab_size:
+                raise ValueError(
+                    "--train-tokenizer trains on the whole corpus: give it to `ernie-style "
+                    "merge-shards`, not to a --shard run"
+                )
 
     def fingerprint_settings(self) -> dict[str, Any]:
         """Every setting (and library version) that changes the output."""
@@ -98,6 +110,8 @@ class PrepareConfig:
             "max_piece_chars": MAX_PIECE_CHARS,
             "tokenizer": None,
         }
+        if self.shard is not None:
+            settings["shard"] = list(self.shard)
         if self.annotator == "spacy":
             settings["spacy_model"] = self.spacy_model
             settings["spacy_version"] = _version("spacy")
@@ -147,6 +161,9 @@ def prepare_corpus(
         if config.tokenizer_vocab_size:
             _train_tokenizer(temp, config)
         record = {"format": corpus.FORMAT, "fingerprint": fingerprint, "settings": settings}
+        if config.shard is not None:  # what the merged shards must all agree on
+            unsharded = {k: v for k, v in settings.items() if k != "shard"}
+            record["unsharded_fingerprint"] = corpus.compute_fingerprint(sources, unsharded)
         corpus.write_json(temp / corpus.FINGERPRINT_FILE, record)
         corpus.install(temp, output)
     except BaseException:
@@ -220,6 +237,9 @@ def _build(sources: Sequence[Any], temp: Path, config: PrepareConfig) -> dict[st
     documents: Iterable[RawDocument] = read_documents(sources, stats)
     if config.max_documents:
         documents = islice(documents, config.max_documents)
+    if config.shard is not None:  # every shard reads the whole stream: ids dedupe the same way
+        index, count = config.shard
+        documents = (doc for k, doc in enumerate(documents) if k % count == index)
     staging = temp / _STAGING_FILE
     writer = ArrowWriter(features=DOCUMENT_FEATURES, path=str(staging))
     bar = tqdm(desc="annotating", unit="doc", file=sys.stderr, disable=not config.progress)
@@ -247,6 +267,8 @@ def _build(sources: Sequence[Any], temp: Path, config: PrepareConfig) -> dict[st
         "skipped": {reason: stats[f"skipped_{reason}"] for reason in SKIP_REASONS},
         "annotator": config.annotator,
     }
+    if config.shard is not None:
+        summary["shard"] = list(config.shard)
     summary.update({name: stats[name] for name in COUNTERS})
     return summary
 

@@ -85,9 +85,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="spaCy nlp.pipe batch size (speed only)",
     )
     parser.add_argument(
+        "--shard",
+        type=parse_shard,
+        default=None,
+        metavar="I/N",
+        help="prepare only documents k with k %% N == I (e.g. one machine each), then join the "
+        "N outputs with `ernie-style merge-shards`",
+    )
+    parser.add_argument(
         "--no-progress", action="store_true", help="do not show the progress bar on stderr"
     )
     parser.set_defaults(func=run)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`I/N` -> (I, N), with 0 <= I < N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard expects I/N, e.g. 0/4; got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return index, count
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         tokenizer_vocab_size=args.train_tokenizer,
         cased=args.cased,
         tokenizer_min_frequency=args.tokenizer_min_frequency,
+        shard=args.shard,
         num_proc=args.num_proc,
         batch_size=args.batch_size,
         progress=not args.no_progress,
