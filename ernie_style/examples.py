@@ -123,7 +123,8 @@ class CorpusContext:
     With an `index_root` (training: `CORPUS/indexes`), documents are tokenized once into an
     on-disk token table and corpus-level structures are saved there and memory-mapped
     (`ernie_style.corpus_index`); `first_document` is the position of `documents[0]` in the
-    prepared corpus, so the training and held-out parts get their own structures.
+    prepared corpus, so the training and held-out parts get their own structures. `draw_from`
+    names another context that cross-document draws (IR relevance's passages) come from.
     """
 
     def __init__(
@@ -133,12 +134,16 @@ class CorpusContext:
         cache_size: int = 64,
         index_root: Path | None = None,
         first_document: int = 0,
+        draw_from: CorpusContext | None = None,
     ) -> None:
         self.documents = documents
         self.tokenizer = tokenizer
         self.cache_size = cache_size
         self.index_root = index_root
         self.first_document = first_document
+        #: Where tasks draw passages of other documents from (default: this corpus); the
+        #: held-out corpus draws from the training corpus.
+        self.draw_from = draw_from
         # Bounded LRU of decoded documents (each holds its annotation as Python lists, up to
         # ~1 MB): memory must not grow with the corpus; the token table makes a miss cheap.
         self._tokenized: OrderedDict[int, TokenizedDocument] = OrderedDict()

@@ -114,7 +114,7 @@ class StepBatches(IterableDataset):
                 collate(examples[i * size : (i + 1) * size], self.pad_id)
                 for i in range(layout.grad_accum_steps)
             ]
-        states = {task: self.streams[slot][task].state_dict() for task in tasks}
+        states = {task: self.streams[slot][task].state_dict(with_carry=False) for task in tasks}
         return {"step": step, "tasks": tasks, "slot": slot, "batches": batches, "states": states}
 
 
@@ -154,8 +154,11 @@ class DataStreams:
         )
 
     def consumed(self, batch: Mapping[str, Any]) -> None:
-        """Record the positions a consumed batch reports for its slot."""
-        self.positions[int(batch["slot"])].update(batch["states"])
+        """Record the positions a consumed batch reports for its slot (its streams' carry
+        lists, fixed since loading, stay as they were loaded)."""
+        positions = self.positions[int(batch["slot"])]
+        for task, state in batch["states"].items():
+            positions[task] = {**positions[task], **state}
 
     def state_dict(self, gather: Callable[[Any], list[Any]] | None = None) -> dict[str, Any]:
         """Every shard's position, over all processes (`gather` collects one object per

@@ -130,7 +130,13 @@ def build_run_state(
     n_train = len(dataset) - n_heldout
     train_corpus = CorpusContext(train_docs, tokenizer, index_root=root)
     heldout = (
-        CorpusContext(heldout_docs, tokenizer, index_root=root, first_document=n_train)
+        CorpusContext(
+            heldout_docs,
+            tokenizer,
+            index_root=root,
+            first_document=n_train,
+            draw_from=train_corpus,
+        )
         if n_heldout
         else None
     )

@@ -61,8 +61,10 @@ class TaskExampleStream:
         self.epoch = 0
         self.cursor = _CORPUS_LEVEL  # position in this shard's documents of the epoch
         self.offset = 0  # examples already taken from the current unit
-        #: Units left over from an elastic re-shard, consumed before the regular epochs.
+        #: Units left over from an elastic re-shard, consumed (in order) before the regular
+        #: epochs; the list is fixed after loading, `carry_done` of them are finished.
         self.carry: list[Unit] = []
+        self.carry_done = 0
         self._order: np.ndarray | None = None
         self._pending: list[Example] = []
         # Training progress (0..1) as last told by the trainer, and the value the current
@@ -86,8 +88,8 @@ class TaskExampleStream:
 
     def current_unit(self) -> Unit:
         """The unit the stream is in (or will open next)."""
-        if self.carry:
-            return self.carry[0]
+        if self.in_carry:
+            return self.carry[self.carry_done]
         if self.cursor == _CORPUS_LEVEL:
             return (_CORPUS_LEVEL, self.epoch, self.shard, self.num_shards, 0)
         return (int(self._documents()[self.cursor]), self.epoch, 0, 1, 0)
@@ -113,8 +115,8 @@ class TaskExampleStream:
 
     def _advance(self) -> None:
         self.offset = 0
-        if self.carry:
-            self.carry.pop(0)
+        if self.in_carry:
+            self.carry_done += 1
             return
         self.cursor += 1
         if self.cursor >= len(self._documents()):
@@ -127,7 +129,7 @@ class TaskExampleStream:
 
     def __next__(self) -> Example:
         empty_units = 0
-        limit = len(self.corpus) // self.num_shards + len(self.carry) + 3
+        limit = len(self.corpus) // self.num_shards + len(self.carry) - self.carry_done + 3
         while not self._pending:
             if empty_units > limit:
                 raise ValueError(
@@ -149,9 +151,15 @@ class TaskExampleStream:
         """The next `n` examples."""
         return [next(self) for _ in range(n)]
 
-    def state_dict(self) -> dict[str, Any]:
-        """The stream position (plus what it must match on load)."""
-        return {
+    @property
+    def in_carry(self) -> bool:
+        """Whether the stream is still finishing its carry units."""
+        return self.carry_done < len(self.carry)
+
+    def state_dict(self, with_carry: bool = True) -> dict[str, Any]:
+        """The stream position (plus what it must match on load). `with_carry=False` leaves
+        out the carry list (fixed since loading; it can be long), for per-step reports."""
+        state = {
             "task": self.task.name,
             "seed": self.seed,
             "num_documents": len(self.corpus),
@@ -160,9 +168,12 @@ class TaskExampleStream:
             "epoch": self.epoch,
             "cursor": self.cursor,
             "offset": self.offset,
-            "carry": [list(unit) for unit in self.carry],
+            "carry_done": self.carry_done,
             "doc_progress": self._doc_progress,
         }
+        if with_carry:
+            state["carry"] = [list(unit) for unit in self.carry]
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a position saved by `state_dict` for the same shard layout; refuses a
@@ -183,6 +194,7 @@ class TaskExampleStream:
             int(state["offset"]),
         )
         self.carry = [tuple(int(v) for v in unit) for unit in state.get("carry", [])]  # type: ignore[misc]
+        self.carry_done = int(state.get("carry_done", 0))
         self._order = None
         self._pending = []
         if self.offset:  # mid-unit: rebuild it as it was built (an unopened one waits)
@@ -191,17 +203,17 @@ class TaskExampleStream:
     def remaining_units(self) -> list[Unit]:
         """What this shard has not consumed of its carry and current epoch, as units (the
         current one with its consumed examples skipped)."""
-        units = list(self.carry)
+        units = list(self.carry[self.carry_done :])
         if units:
             document, epoch, part, parts, skip = units[0]
             units[0] = (document, epoch, part, parts, skip + self.offset)
         documents = self._documents()
         start = self.cursor
-        if not self.carry and self.offset:
+        if not units and self.offset:
             units.append((*self.current_unit()[:4], self.offset))
             start += 1
         if start == _CORPUS_LEVEL:
-            units.append(self.current_unit())
+            units.append((_CORPUS_LEVEL, self.epoch, self.shard, self.num_shards, 0))
             start = 0
         units.extend((int(d), self.epoch, 0, 1, 0) for d in documents[max(start, 0) :])
         return units
@@ -232,6 +244,7 @@ def reshard(
             int(state["offset"]),
         )
         old.carry = [tuple(int(v) for v in unit) for unit in state.get("carry", [])]  # type: ignore[misc]
+        old.carry_done = int(state.get("carry_done", 0))
         leftover.extend(old.remaining_units())
         epochs.append(old.epoch)
     next_epoch = max(epochs) + 1

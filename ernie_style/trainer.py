@@ -149,6 +149,7 @@ class PretrainTrainer:
             self._last_shared_layer(),
         )
         self.logger = RunLogger(self.run_dir, enabled=self.accelerator.is_main_process)
+        self._unsynced_tokens = 0  # this rank's trained tokens not yet in state.tokens_seen
         self._print(self.precision.describe())
         self._print(f"{self.backend_name()}, {self.state.schedule.total_steps} steps")
 
@@ -246,11 +247,13 @@ class PretrainTrainer:
             losses = self._train_step(step, batches)
             for task, loss in losses.items():
                 window.setdefault(task, []).append(loss)
-            step_tokens = self.accelerator.num_processes * sum(
+            local_tokens = sum(
                 int(b["attention_mask"].sum()) for micro in batches.values() for b in micro
             )
-            tokens_in_window += step_tokens
-            self.state.tokens_seen += step_tokens
+            # Ranks build different examples: the window's rate is an estimate (this rank's
+            # tokens x world); the exact count is summed over ranks at every checkpoint.
+            tokens_in_window += self.accelerator.num_processes * local_tokens
+            self._unsynced_tokens += local_tokens
             stage_ended = schedule.stage != stage_before or schedule.finished
             self.logger.train_losses(step, stage_before + 1, losses)
             bar.update(1)
@@ -279,6 +282,7 @@ class PretrainTrainer:
         bar.close()
         self.logger.close()
         del self._batches  # stops the loader workers
+        self._sync_tokens()
         seconds, tokens = time.perf_counter() - run_start, self.state.tokens_seen - run_tokens
         if tokens:
             self._print(
@@ -287,6 +291,15 @@ class PretrainTrainer:
             )
         self.accelerator.wait_for_everyone()
         return self.run_dir
+
+    def _sync_tokens(self) -> None:
+        """Add the tokens every rank trained on since the last call to `tokens_seen` (a
+        collective)."""
+        count = torch.tensor([self._unsynced_tokens], dtype=torch.long)
+        if self.accelerator.num_processes > 1:
+            count = self.accelerator.reduce(count.to(self.accelerator.device), reduction="sum")
+        self.state.tokens_seen += int(count.item())
+        self._unsynced_tokens = 0
 
     def _next_batches(self) -> dict[str, list[dict]]:
         """The step's micro-batches per task for this process, from the loader; its task(s)
@@ -378,6 +391,7 @@ class PretrainTrainer:
 
     def save(self) -> Path:
         """Write a checkpoint of the current state (all processes must call it)."""
+        self._sync_tokens()
         return save_checkpoint(
             self.state, self.accelerator, self.model, self.optimizer, self.config
         )

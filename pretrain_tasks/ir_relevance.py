@@ -385,8 +385,12 @@ class IRRelevance(PairFileMixin, PretrainTask):
         """
         if self.config.pairs_mode == "replace":
             return []
-        doc, table = document.doc, self.passages(corpus)
-        own = self._own_index(document, corpus, table)
+        # Weak and irrelevant passages come from the corpus's pool: itself, or for held-out
+        # documents the training corpus (a handful of held-out documents has no real BM25
+        # neighbours, so "weak" there would be noise, not a weaker match).
+        pool = corpus.draw_from or corpus
+        doc, table = document.doc, self.passages(pool)
+        own = self._own_index(document, corpus) if pool is corpus else -1
         spans = passage_spans(doc, self.config.passage_sentences)
         for query_tokens, query_terms, skip_first in self._queries(document):
             strong = [(max(s, int(skip_first)), e) for s, e in spans if e > int(skip_first)]
@@ -396,8 +400,8 @@ class IRRelevance(PairFileMixin, PretrainTask):
                 break
         else:
             return []
-        weak_tokens = self._draw_weak(rng, corpus, table, weak)
-        other_tokens = self._draw_irrelevant(rng, corpus, table, set(weak.tolist()), doc.id)
+        weak_tokens = self._draw_weak(rng, pool, table, weak)
+        other_tokens = self._draw_irrelevant(rng, pool, table, set(weak.tolist()), doc.id)
         if weak_tokens is None or other_tokens is None:
             return []
         strong_tokens = passage_tokens(document, strong[int(rng.integers(len(strong)))])
@@ -407,7 +411,7 @@ class IRRelevance(PairFileMixin, PretrainTask):
         ]
 
     @staticmethod
-    def _own_index(document: TokenizedDocument, corpus: CorpusContext, table: PassageTable) -> int:
+    def _own_index(document: TokenizedDocument, corpus: CorpusContext) -> int:
         """The corpus position of `document` (its passages are not weak candidates); -1 for a
         document outside the corpus."""
         if document.position is not None:

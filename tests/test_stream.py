@@ -109,7 +109,7 @@ def test_reshard_loses_and_repeats_nothing_of_the_epoch(wiki_corpus, wiki_tokeni
     for stream, state in zip(new, states, strict=True):
         stream.load_state_dict(state)
         assert stream.epoch == 2
-        while stream.carry:  # finish what the old shards left
+        while stream.in_carry:  # finish what the old shards left
             consumed.append(next(stream))
     # What was consumed before and after: the old shards' epoch slices, each example once.
     expected = slices[0, 0] + slices[0, 1] + slices[1, 0]
@@ -129,3 +129,30 @@ def test_a_state_for_another_shard_layout_is_refused(wiki_corpus, wiki_tokenizer
     state = TaskExampleStream(task, wiki_corpus, shard=1, num_shards=2).state_dict()
     with pytest.raises(ValueError, match="shard"):
         TaskExampleStream(task, wiki_corpus, shard=1, num_shards=3).load_state_dict(state)
+
+
+def test_a_second_reshard_mid_carry_still_loses_and_repeats_nothing(wiki_corpus, wiki_tokenizer):
+    from ernie_style.stream import reshard
+
+    task = get_task("capitalization")(wiki_tokenizer, max_seq_len=64)
+    epoch0 = [e for s in range(2) for e in slice_examples(task, wiki_corpus, s, 2, 0)]
+    old = [TaskExampleStream(task, wiki_corpus, seed=5, shard=s, num_shards=2) for s in (0, 1)]
+    consumed = old[0].take(7) + old[1].take(11)
+    middle = []
+    for shard, state in enumerate(reshard([s.state_dict() for s in old], task, wiki_corpus, 3)):
+        stream = TaskExampleStream(task, wiki_corpus, seed=5, shard=shard, num_shards=3)
+        stream.load_state_dict(state)
+        consumed += stream.take(5)  # part of the carry, then re-shard again
+        assert stream.in_carry
+        middle.append(stream.state_dict())
+    final = reshard(middle, task, wiki_corpus, 2)
+    for shard, state in enumerate(final):
+        stream = TaskExampleStream(task, wiki_corpus, seed=5, shard=shard, num_shards=2)
+        stream.load_state_dict(state)
+        while stream.in_carry:
+            consumed.append(next(stream))
+    # Epoch 0's examples once each, and the 3-shard streams' epoch 1, which they had not
+    # started when re-sharded again: carried over whole, finished once.
+    epoch1 = [e for s in range(3) for e in slice_examples(task, wiki_corpus, s, 3, 1)]
+    assert as_keys(consumed) == as_keys(epoch0 + epoch1)
+    assert all(state["epoch"] == 2 for state in final)

@@ -376,3 +376,31 @@ def test_parallel_build_equals_the_serial_one(wiki_documents, tmp_path):
     reference = BM25Index(passages)
     assert np.array_equal(reference.term_hash, serial.index.term_hash)
     assert np.allclose(reference.arrays()["weights"], serial.index.arrays()["weights"])
+
+
+def test_held_out_queries_draw_passages_from_the_training_corpus(tokenizer):
+    pool = CorpusContext([document_from_sentences(k, [[v]]) for k, v in OTHERS.items()], tokenizer)
+    heldout_doc = document_from_sentences("main", MAIN, title="quantum physics")
+    heldout = CorpusContext([heldout_doc], tokenizer, draw_from=pool)
+    task = IRRelevance(tokenizer, 64, {"top_k": 2})
+    texts = {key: toks(tokenizer, value) for key, value in OTHERS.items()}
+    for seed in range(20):
+        strong, weak, other = task.examples(
+            heldout.tokenized(0), np.random.default_rng(seed), heldout
+        )
+        source = {
+            label: next(k for k, v in texts.items() if v == segments(ex)[1])
+            for label, ex in ((1, weak), (2, other))
+        }
+        assert source[1] in {"p1", "p2"} and source[2] in {"p3", "p4", "p5"}
+        assert segments(strong)[1] in (
+            toks(tokenizer, " ".join(MAIN[0])),
+            toks(tokenizer, MAIN[1][0]),
+        )
+    # Alone (no pool), the one held-out document has no other passage: no example at all.
+    assert (
+        task.examples(
+            heldout.tokenized(0), np.random.default_rng(0), CorpusContext([heldout_doc], tokenizer)
+        )
+        == []
+    )
