@@ -314,7 +314,17 @@ class PretrainTrainer:
                 f"the schedule is at step {step} with {tasks}"
             )
         state.streams.consumed(batch)
-        return batch["batches"]
+        device = self.accelerator.device
+        return {
+            task: [
+                {
+                    k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                    for k, v in m.items()
+                }
+                for m in micro
+            ]
+            for task, micro in batch["batches"].items()
+        }
 
     def _train_step(self, step: int, batches: dict[str, list[dict]]) -> dict[str, float]:
         """One optimizer step; a non-finite loss skips it, and too many in a row stop the run

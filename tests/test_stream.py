@@ -156,3 +156,14 @@ def test_a_second_reshard_mid_carry_still_loses_and_repeats_nothing(wiki_corpus,
     epoch1 = [e for s in range(3) for e in slice_examples(task, wiki_corpus, s, 3, 1)]
     assert as_keys(consumed) == as_keys(epoch0 + epoch1)
     assert all(state["epoch"] == 2 for state in final)
+
+
+def test_masking_is_dynamic_across_epochs_and_fixed_by_the_seed(wiki_corpus, wiki_tokenizer):
+    task = get_task("knowledge_masking")(wiki_tokenizer, max_seq_len=64)
+    epochs = [slice_examples(task, wiki_corpus, 0, 1, epoch) for epoch in (0, 1)]
+    # Every epoch visits the same windows (the same count of examples of the same lengths)
+    # but masks them anew; the same seed and epoch give the same masks.
+    assert sorted(map(len, epochs[0])) == sorted(map(len, epochs[1]))
+    same = set(as_keys(epochs[0])) & set(as_keys(epochs[1]))  # a short window may repeat
+    assert len(same) < 0.05 * len(epochs[0])
+    assert as_keys(slice_examples(task, wiki_corpus, 0, 1, 0)) == as_keys(epochs[0])

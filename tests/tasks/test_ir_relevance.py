@@ -404,3 +404,20 @@ def test_held_out_queries_draw_passages_from_the_training_corpus(tokenizer):
         )
         == []
     )
+
+
+def test_the_labels_carry_a_lexical_signal_a_model_can_learn(wiki_documents, wiki_tokenizer):
+    # Query-passage term overlap separates strong and weak passages from irrelevant ones on
+    # real articles, for held-out documents drawn against the training pool as in training
+    # (strong vs weak is the hard part: both share query terms by construction).
+    train = CorpusContext(wiki_documents[:80], wiki_tokenizer)
+    heldout = CorpusContext(wiki_documents[80:], wiki_tokenizer, draw_from=train)
+    task = IRRelevance(wiki_tokenizer, 128)
+    shares = {0: [], 1: [], 2: []}
+    for d in range(len(heldout)):
+        for example in task.examples(heldout.tokenized(d), np.random.default_rng(d), heldout):
+            query, passage = (set(part) for part in segments(example))
+            shares[example.labels].append(len(query & passage) / max(len(query), 1))
+    means = {label: float(np.mean(values)) for label, values in shares.items()}
+    assert len(shares[0]) == len(shares[1]) == len(shares[2]) >= 15
+    assert min(means[0], means[1]) > means[2] + 0.1, means
