@@ -169,6 +169,31 @@ def train_run(
     return rows
 
 
+def plot_runs(runs: dict[str, Path], png: Path) -> None:
+    """Held-out IR-relevance loss of several runs (label -> run directory) against ln 3."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    for label, run in runs.items():
+        with (run / "heldout.csv").open(encoding="utf-8") as stream:
+            rows = [r for r in csv.DictReader(stream) if r["task"] == "ir_relevance"]
+        steps = [int(r["step"]) for r in rows]
+        ax.plot(steps, [float(r["loss"]) for r in rows], marker="o", ms=3, label=label)
+    ax.axhline(math.log(3), color="grey", ls="--", lw=0.8, label="ln 3 (uniform)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out IR-relevance loss")
+    ax.set_title("IR relevance: held-out loss (tiny encoder, batch 32 per task)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = png.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(png)
+
+
 def main() -> None:
     """Run both parts and write the summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -180,7 +205,18 @@ def main() -> None:
         "--with-mlm", action="store_true", help="knowledge masking in every step as well"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "experiments" / "ir")
+    parser.add_argument(
+        "--plot",
+        nargs="+",
+        metavar="PNG LABEL=RUN_DIR",
+        help="only plot finished runs' held-out IR loss into PNG, e.g. --plot ir.png "
+        "'IR only=runs/experiments/ir/run'",
+    )
     args = parser.parse_args()
+    if args.plot:
+        png, *pairs = args.plot
+        plot_runs({k: Path(v) for k, v in (pair.split("=", 1) for pair in pairs)}, Path(png))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     corpus_dir = prepare(args.out / "corpus", args.corpus)
     baseline = lexical_baseline(corpus_dir, args.heldout)
