@@ -42,6 +42,7 @@ from ernie_style.tokenizer import load_tokenizer
 ROOT = Path(__file__).resolve().parents[1]
 SEQ = 512
 warnings.filterwarnings("ignore", message=".*has no phrase or entity annotation.*")
+warnings.filterwarnings("ignore", message=".*Random token replacement is not supported.*")
 
 
 def line(figure: str, value: float, op: str, target: float, unit: str = "") -> None:
@@ -114,6 +115,7 @@ def replicate(corpus_dir: Path, times: int, out: Path) -> Path:
         return out
     import datasets
 
+    datasets.disable_progress_bars()
     shutil.rmtree(out, ignore_errors=True)
     base = load_corpus(corpus_dir)
     copies = [

@@ -38,7 +38,7 @@ SAMPLE = ROOT / "data" / "sample_corpus" / "wiki_sample.jsonl"
 def prepared_corpus(out: Path) -> Path:
     """Prepare the sample corpus once (the prepare cache makes re-runs instant)."""
     cmd = [sys.executable, "-m", "ernie_style", "prepare", "--input", str(SAMPLE)]
-    cmd += ["--output", str(out), "--train-tokenizer", "8000", "--num-proc", "2"]
+    cmd += ["--output", str(out), "--train-tokenizer", "8000", "--num-proc", "2", "--no-progress"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return out
 

@@ -81,7 +81,9 @@ class StepBatches(IterableDataset):
         pad_id: int,
     ) -> None:
         super().__init__()
-        self.schedule = schedule
+        # A snapshot: the trainer goes on sampling its own schedule, and without workers this
+        # dataset's iterator only starts at the first `next` (after the trainer's first sample).
+        self.schedule = copy.deepcopy(schedule)
         self.streams = streams
         self.layout = layout
         self.pad_id = pad_id

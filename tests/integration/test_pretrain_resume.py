@@ -84,6 +84,17 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(
         assert torch.allclose(final[name], tensor, atol=1e-6), name
 
 
+def test_building_in_the_training_process_gives_the_same_run(reference_run, small_corpus, tmp_path):
+    # data.num_workers 0 (no loader process) and the default 1 build the same batches.
+    config = write_config(
+        tmp_path / "run.yaml", small_corpus, tmp_path / "run", data__num_workers=0
+    )
+    subprocess.run(pretrain_cmd(config), check=True, capture_output=True, env=child_env())
+    assert step_losses(tmp_path / "run") == step_losses(reference_run)
+    final, expected = _final_weights(tmp_path / "run"), _final_weights(reference_run)
+    assert all(torch.equal(final[name], tensor) for name, tensor in expected.items())
+
+
 def test_resume_with_a_new_task_keeps_weights_optimizer_and_history(
     reference_run, small_corpus, tmp_path
 ):
