@@ -176,15 +176,16 @@ class PretrainConfig:
 
     def build_schedule(self) -> ContinualSchedule:
         """The stage plan: explicit allocations if any task gives one, else ERNIE's auto."""
+        per_step = self.schedule.tasks_per_step if self.schedule.mixed_batches else 1
         explicit = {n: s.allocation for n, s in self.tasks.items() if s.allocation is not None}
         if explicit:
             if len(explicit) != len(self.tasks):
                 missing = sorted(set(self.tasks) - set(explicit))
                 raise ValueError(f"tasks {missing}: give an allocation to every task or to none")
-            return ContinualSchedule(explicit_allocation(explicit), seed=self.seed)
+            return ContinualSchedule(explicit_allocation(explicit), self.seed, per_step)
         first = {}
         for order, (name, section) in enumerate(self.tasks.items()):
             first[name] = (section.first_stage - 1) if section.first_stage else order
         num_stages = max(first.values()) + 1
         budgets = {name: s.budget for name, s in self.tasks.items()}
-        return ContinualSchedule(auto_allocation(budgets, first, num_stages), seed=self.seed)
+        return ContinualSchedule(auto_allocation(budgets, first, num_stages), self.seed, per_step)

@@ -11,6 +11,11 @@ the rest in its first stage, so it trains most when it is new. For the paper's 4
 
 Within a stage every step samples a task in proportion to its remaining budget in that stage,
 with an RNG seeded by (seed, step): sampling needs no RNG state and replays exactly on resume.
+
+Budgets count iterations (task-steps). With `tasks_per_step` k > 1 (mixed batches) a step
+consumes up to k of them, so a stage has fewer steps than iterations; `stage_length` and
+`total_steps` count steps (found by replaying the seeded sampling once), which is what the LR
+schedule, the curriculum progress and the progress bar need.
 """
 
 from __future__ import annotations
@@ -64,7 +69,13 @@ class ContinualSchedule:
     plain (no tensors) and round-trips through `state_dict`/`load_state_dict`.
     """
 
-    def __init__(self, stages: Sequence[Mapping[str, int]], seed: int = 0) -> None:
+    def __init__(
+        self, stages: Sequence[Mapping[str, int]], seed: int = 0, tasks_per_step: int = 1
+    ) -> None:
+        if tasks_per_step < 1:
+            raise ValueError(f"tasks_per_step must be >= 1, got {tasks_per_step}")
+        self.tasks_per_step = tasks_per_step
+        self._steps: list[int] | None = None  # steps per stage, when k > 1 (replayed once)
         if not stages:
             raise ValueError("a schedule needs at least one stage")
         for s, stage in enumerate(stages):
@@ -87,12 +98,25 @@ class ContinualSchedule:
 
     @property
     def total_steps(self) -> int:
-        """Iterations over all stages."""
-        return sum(sum(stage.values()) for stage in self.stages)
+        """Steps over all stages."""
+        return sum(self.stage_length(s) for s in range(len(self.stages)))
+
+    def stage_iterations(self, stage: int) -> int:
+        """Iterations (task-steps) planned in one stage."""
+        return sum(self.stages[stage].values())
 
     def stage_length(self, stage: int) -> int:
-        """Iterations in one stage."""
-        return sum(self.stages[stage].values())
+        """Steps in one stage: its iterations, or fewer when a step trains several tasks."""
+        if self.tasks_per_step == 1:
+            return self.stage_iterations(stage)
+        if self._steps is None:
+            replay = ContinualSchedule(self.stages, self.seed)
+            steps = [0] * len(self.stages)
+            while not replay.finished:
+                steps[replay.stage] += 1
+                replay.sample(self.tasks_per_step)
+            self._steps = steps
+        return self._steps[stage]
 
     def stage_start(self, stage: int) -> int:
         """Global step at which `stage` begins."""
@@ -180,6 +204,7 @@ class ContinualSchedule:
                         f"config tasks: {self.tasks}"
                     )
         self.stages = saved_stages[:started] + self.stages[started:]
+        self._steps = None  # the plan changed: replay it again when asked
         self.done = [dict.fromkeys(stage, 0) for stage in self.stages]
         for s, done in enumerate(state["done"][:started]):
             self.done[s].update({t: int(n) for t, n in done.items()})

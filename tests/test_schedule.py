@@ -105,3 +105,31 @@ def test_lr_warms_up_and_decays_within_each_stage():
     assert factors[99] < 0.02 and factors[100] == pytest.approx(0.1)  # restart at stage 2
     once = StageLR(schedule, warmup_steps=10, kind="cosine", per_stage=False)
     assert once.factor(100) > 0.4 and once.factor(199) < 0.01
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_with_several_tasks_per_step_stages_are_counted_in_steps(k):
+    plan = [{"a": 30, "b": 6}, {"a": 10, "b": 20, "c": 25}]
+    schedule = ContinualSchedule(plan, seed=4, tasks_per_step=k)
+    lengths = [schedule.stage_length(s) for s in range(2)]
+    assert lengths[0] == 30  # a's budget: b runs out after 6 shared steps
+    assert lengths[1] < schedule.stage_iterations(1) == 55
+    steps_seen = [0, 0]
+    while not schedule.finished:
+        steps_seen[schedule.stage] += 1
+        schedule.sample(k)
+    assert steps_seen == lengths and schedule.step == schedule.total_steps == sum(lengths)
+    assert schedule.plan_table().splitlines()[-1].split()[1:] == [
+        *map(str, lengths),
+        str(sum(lengths)),
+    ]
+    # The LR decays to zero at the last step of each stage, not half-way (as when the phase
+    # lengths counted iterations).
+    from ernie_style.lr import StageLR
+
+    lr = StageLR(ContinualSchedule(plan, seed=4, tasks_per_step=k), 2, "linear", True)
+    assert lr.factor(lengths[0] - 1) < 0.05 and lr.factor(sum(lengths) - 1) < 0.05
+    # A resumed schedule (loaded state) counts the same steps.
+    resumed = ContinualSchedule(plan, seed=4, tasks_per_step=k)
+    resumed.load_state_dict(schedule.state_dict())
+    assert resumed.total_steps == schedule.total_steps

@@ -40,6 +40,13 @@ def test_mixed_batches_and_mlm_every_step(small_corpus, tmp_path):
     )
     done = state["schedule"]["done"]
     assert sum(sum(stage.values()) for stage in done) == 26  # budgets spent exactly
+    # A step trains two sampled tasks: fewer steps than iterations, and the schedule (LR,
+    # curriculum progress, progress bar) counts them right.
+    from ernie_style.config import load_config
+    from ernie_style.pretrain_config import PretrainConfig
+
+    planned = load_config(PretrainConfig, config).build_schedule().total_steps
+    assert max(by_step) + 1 == state["step"] == planned < 26
 
 
 def test_continue_pretraining_from_a_release(small_corpus, tmp_path):
