@@ -11,8 +11,6 @@ README.md                        model card: tasks, task ids, stages, steps, tok
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import ErnieConfig, ErnieForMaskedLM
 
 from ernie_style.checkpoint import find_resumable, load_tensors, verify
+from ernie_style.fileio import atomic_dir
 from ernie_style.tokenizer import load_tokenizer
 
 RELEASE_MARKER = "pretraining_tasks.json"
@@ -46,7 +45,7 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
 
 
 def export_release(run_dir: str | Path, output: str | Path, checkpoint: str | None = None) -> Path:
-    """Write a release of a run's checkpoint to `output` (temp dir, then rename)."""
+    """Write a release of a run's checkpoint to `output` (built aside, then swapped in)."""
     run_dir, output = Path(run_dir), Path(output)
     source = resolve_checkpoint(run_dir, checkpoint)
     if output.exists() and any(output.iterdir()) and not (output / RELEASE_MARKER).is_file():
@@ -58,10 +57,7 @@ def export_release(run_dir: str | Path, output: str | Path, checkpoint: str | No
         json.loads((source / "backbone_config.json").read_text(encoding="utf-8"))
     )
     config.architectures = ["ErnieForMaskedLM"]
-    tmp = output.parent / f".tmp-{output.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(output) as tmp:  # the previous release stays until this one is complete
         _write_model(weights, config, tmp)
         load_tokenizer(source / "tokenizer").save_pretrained(str(tmp))
         heads = {k: v for k, v in weights.items() if k.startswith("heads.")}
@@ -69,12 +65,6 @@ def export_release(run_dir: str | Path, output: str | Path, checkpoint: str | No
         tasks = _task_table(state, run_config)
         (tmp / RELEASE_MARKER).write_text(json.dumps(tasks, indent=1), encoding="utf-8")
         (tmp / "README.md").write_text(model_card(tasks, config, source), encoding="utf-8")
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output
 
 

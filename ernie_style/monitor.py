@@ -8,6 +8,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ernie_style.fileio import save_figure
+
 HELDOUT_CSV = "heldout.csv"
 HELDOUT_PNG = "heldout_loss.png"
 TRAIN_CSV = "train_loss.csv"
@@ -118,8 +120,4 @@ def plot_heldout(csv_path: Path, png_path: Path, stage_starts: Sequence[int]) ->
     ax.set_title("Forgetting monitor: held-out loss per task")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = png_path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, png_path)
-    return png_path
+    return save_figure(fig, png_path)

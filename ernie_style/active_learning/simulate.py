@@ -25,7 +25,7 @@ from ernie_style.active_learning.pool import ID_FIELD, Pool, encode_pool, read_p
 from ernie_style.active_learning.scoring import score_pool
 from ernie_style.active_learning.selection import STRATEGIES, select
 from ernie_style.config import load_config, option
-from ernie_style.fileio import atomic_write
+from ernie_style.fileio import atomic_write, save_figure
 from ernie_style.finetune.config import FinetuneConfig
 from ernie_style.finetune.readers import read_records
 
@@ -239,9 +239,4 @@ def plot_curves(rows: list[dict[str, Any]], main: dict[str, str | None], png: Pa
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.stem}.tmp.png")
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    tmp.replace(png)
-    return png
+    return save_figure(figure, png, dpi=110)

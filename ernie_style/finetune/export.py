@@ -14,7 +14,6 @@ counterpart.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+from ernie_style.fileio import atomic_dir
 from ernie_style.finetune.data import EncodedTask
 from ernie_style.finetune.heads import transformers_export_spec, transformers_head_state
 from ernie_style.finetune.model import MultiTaskModel
@@ -66,10 +66,6 @@ def export_task(
     stock.classifier.load_state_dict(
         {k.removeprefix("classifier."): v for k, v in transformers_head_state(head).items()}
     )
-    tmp = output.with_name(f".{output.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    stock.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
     info = {
         "task": task.name,
         "type": task.type,
@@ -79,10 +75,10 @@ def export_task(
         "trained_task_id": task_id,
         "precision": precision or {},
     }
-    (tmp / TASK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    if output.exists():
-        shutil.rmtree(output)
-    tmp.rename(output)
+    with atomic_dir(output) as tmp:  # the previous export stays until this one is complete
+        stock.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / TASK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return output
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ernie_style.fileio import save_figure
 
 
 def plot_learning_curves(history: Sequence[dict[str, Any]], png: Path) -> Path | None:
@@ -30,9 +31,4 @@ def plot_learning_curves(history: Sequence[dict[str, Any]], png: Path) -> Path |
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.stem}.tmp-{os.getpid()}.png")
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    os.replace(tmp, png)
-    return png
+    return save_figure(figure, png, dpi=110)
