@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import time
-import typing
 import warnings
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
+from ernie_style.defaults import PRECISIONS as PRECISIONS  # re-exported
+from ernie_style.defaults import Precision as Precision  # re-exported
+
 #: Values of the `precision` config key (`no` means fp32).
-Precision = Literal["auto", "bf16", "fp16", "fp32", "no"]
-PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 #: torch CPU capabilities below AVX-512: bf16 there is emulated.
 _SLOW_CAPABILITIES = ("DEFAULT", "NO AVX", "AVX", "AVX2", "ZVECTOR", "VSX", "SVE256", "NEON")
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ernie_style.config import option
+from ernie_style.defaults import Precision
 from ernie_style.model import MODEL_PRESETS
-from ernie_style.precision import Precision
 from ernie_style.schedule import ContinualSchedule, auto_allocation, explicit_allocation
 
 

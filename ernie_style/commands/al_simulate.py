@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-from ernie_style.config import load_config
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `al-simulate` subcommand."""
@@ -25,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run every strategy x seed x round (finished rounds are reused) and write the results."""
     from ernie_style.active_learning.simulate import Simulation, SimulationConfig
+    from ernie_style.config import load_config
 
     config = load_config(SimulationConfig, args.config, args.overrides)
     rows = Simulation(config).run()

@@ -12,9 +12,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ernie_style.config import load_config
-from ernie_style.finetune.config import FinetuneConfig
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `evaluate` subcommand."""
@@ -31,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the export, read and encode the task's data, print the metrics (JSON)."""
+    from ernie_style.config import load_config
+    from ernie_style.finetune.config import FinetuneConfig
     from ernie_style.finetune.export import load_exported
     from ernie_style.finetune.scoring import evaluate_export
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ernie_style.export import export_release
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `export` subcommand."""
@@ -18,6 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export and say where."""
+    from ernie_style.export import export_release
+
     path = export_release(args.run, args.output, args.checkpoint)
     print(f"release written to {path}")
     return 0

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import argparse
 
-from ernie_style.config import dump_yaml, load_config
-from ernie_style.finetune.config import FinetuneConfig
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `finetune` subcommand."""
@@ -28,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, then dry-run or train."""
+    from ernie_style.config import dump_yaml, load_config
+    from ernie_style.finetune.config import FinetuneConfig
+
     config = load_config(FinetuneConfig, args.config, args.overrides)
     if args.dry_run:
         from ernie_style.precision import describe_for_this_machine

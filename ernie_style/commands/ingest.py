@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ernie_style.finetune.config import FinetuneConfig
+if TYPE_CHECKING:
+    from ernie_style.finetune.config import FinetuneConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,6 +51,7 @@ def _selecting_model(batch: Path) -> str | None:
 def _config(args: argparse.Namespace) -> FinetuneConfig:
     if args.config is not None:
         from ernie_style.config import load_config
+        from ernie_style.finetune.config import FinetuneConfig
 
         return load_config(FinetuneConfig, args.config)
     model = _selecting_model(args.batch)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `prepare` subcommand."""
-    from ernie_style.spacy_annotator import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
+    from ernie_style.defaults import DEFAULT_SPACY_BATCH_SIZE as DEFAULT_BATCH_SIZE
+    from ernie_style.defaults import DEFAULT_SPACY_MODEL as DEFAULT_MODEL
 
     parser = subparsers.add_parser(
         "prepare",

@@ -10,10 +10,11 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ernie_style.config import dump_yaml, load_config
-from ernie_style.pretrain_config import PretrainConfig
-from ernie_style.schedule import ContinualSchedule
+if TYPE_CHECKING:
+    from ernie_style.pretrain_config import PretrainConfig
+    from ernie_style.schedule import ContinualSchedule
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,6 +56,9 @@ def _resume_plan(config: PretrainConfig, schedule: ContinualSchedule, resume: st
 
 def run(args: argparse.Namespace) -> int:
     """Validate, then dry-run or train."""
+    from ernie_style.config import dump_yaml, load_config
+    from ernie_style.pretrain_config import PretrainConfig
+
     config = load_config(PretrainConfig, args.config, args.overrides)
     schedule = config.build_schedule()
     from ernie_style.trainer import check_batch_divides

@@ -23,7 +23,7 @@ import numpy as np
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `select` subcommand."""
     from ernie_style.active_learning.selection import STRATEGIES
-    from ernie_style.precision import PRECISIONS
+    from ernie_style.defaults import PRECISIONS
 
     parser = subparsers.add_parser("select", help="active learning: choose a batch to annotate")
     parser.add_argument("--model", type=Path, help="fine-tuning run directory (output_dir)")

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ernie_style.registry import registered_tasks
-from ernie_style.tokenizer import train_wordpiece
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `tasks` subcommand."""
@@ -19,6 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print name, task id, level, number of labels and description of every task."""
+    from ernie_style.registry import registered_tasks
+    from ernie_style.tokenizer import train_wordpiece
+
     tasks = registered_tasks()
     # Tasks need a tokenizer to exist; a throwaway one trained on their descriptions will do.
     # A label space as large as its vocabulary (masked LM) is shown as "vocab size".

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ernie_style.config import option
-from ernie_style.precision import Precision
+from ernie_style.defaults import Precision
 
 TASK_TYPES = (
     "classification",

@@ -195,3 +195,16 @@ def test_os_errors_print_path_and_reason_and_exit_1():
     assert describe_error(moved) == "a -> b: Invalid cross-device link"
     assert exit_code(PermissionError(errno.EACCES, "Permission denied", "x")) == 2
     assert describe_error(KeyError("no task 'x'")) == "no task 'x'"
+
+
+def test_help_imports_no_heavy_library():
+    # `ernie-style --help` (and every subcommand's --help) builds the whole parser; it must not
+    # import torch, transformers, datasets or spaCy (they took --help from 0.1 s to 4 s).
+    code = (
+        "import sys; from ernie_style.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'spacy', 'deepspeed') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
