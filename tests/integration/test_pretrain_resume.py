@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -101,11 +102,12 @@ def test_resume_with_a_new_task_keeps_weights_optimizer_and_history(
     from ernie_style.checkpoint import load_torch
     from ernie_style.run_state import build_run_state, load_checkpoint
 
-    checkpoint = list_checkpoints(reference_run / "checkpoints")[0]
+    run_dir = shutil.copytree(reference_run, tmp_path / "run")  # the fixture stays as it is
+    checkpoint = list_checkpoints(run_dir / "checkpoints")[0]
     config_path = write_config(
         tmp_path / "more.yaml",
         small_corpus,
-        reference_run,
+        run_dir,
         tasks={
             "knowledge_masking": {"budget": 12},
             "capitalization": {"budget": 8},
@@ -165,16 +167,15 @@ def test_resume_with_a_new_task_keeps_weights_optimizer_and_history(
         text=True,
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    losses = step_losses(reference_run)
+    losses = step_losses(run_dir)
     new_steps = {t for s, t in losses if s >= TOTAL_STEPS}
     assert "sentence_reordering" in new_steps and len(new_steps) >= 3  # old tasks keep training
     assert max(s for s, _ in losses) + 1 == state.schedule.total_steps  # as the dry run said
 
 
 def test_resume_refuses_a_different_model_size_or_tokenizer(reference_run, small_corpus, tmp_path):
-    config = write_config(
-        tmp_path / "big.yaml", small_corpus, reference_run, model={"preset": "small"}
-    )
+    run_dir = shutil.copytree(reference_run, tmp_path / "run")
+    config = write_config(tmp_path / "big.yaml", small_corpus, run_dir, model={"preset": "small"})
     run = subprocess.run(
         pretrain_cmd(config, "--resume", "auto"), capture_output=True, env=child_env(), text=True
     )
