@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import datasets
 
 from ernie_style import corpus
-from ernie_style.prepare import COUNTERS, PrepareConfig, _train_tokenizer, format_summary
+from ernie_style.prepare import COUNTERS, PrepareConfig, reuse_prepared, write_prepared
 
 #: Counters the readers keep over the whole input stream: equal in every shard, taken once.
 READER_COUNTERS = ("documents_read", "non_utf8_documents", "duplicate_ids_renamed", "empty_files")
@@ -98,26 +97,14 @@ def merge_shards(
         tokenizer_min_frequency=config.tokenizer_min_frequency,
     ).fingerprint_settings()["tokenizer"]
     fingerprint = hashlib.sha256(json.dumps([base, settings], sort_keys=True).encode()).hexdigest()
-    corpus.check_output_dir(output)
-    corpus.remove_stale_temp_dirs(output)
-    existing = corpus.read_fingerprint(output)
-    if existing and existing.get("fingerprint") == fingerprint:
-        echo(f"{output} is up to date (fingerprint {fingerprint[:12]}); reusing it")
-        return {**corpus.load_summary(output), "reused": True}
-    temp = corpus.new_temp_dir(output)
-    try:
+    reused = reuse_prepared(output, fingerprint, echo)
+    if reused is not None:
+        return reused
+
+    def build(temp: Path) -> dict[str, Any]:
         parts = [corpus.load_corpus(path) for path, _, _ in shards]
         datasets.concatenate_datasets(parts).save_to_disk(str(temp / corpus.DOCUMENTS_DIR))
-        summary = merged_summary([s for _, _, s in shards])
-        corpus.write_json(temp / corpus.SUMMARY_FILE, summary)
-        if config.tokenizer_vocab_size:
-            _train_tokenizer(temp, config)
-        record = {"format": corpus.FORMAT, "fingerprint": fingerprint, "settings": settings}
-        corpus.write_json(temp / corpus.FINGERPRINT_FILE, record)
-        corpus.install(temp, output)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-    for line in format_summary(summary, output):
-        echo(line)
-    return {**summary, "reused": False}
+        return merged_summary([s for _, _, s in shards])
+
+    record = {"format": corpus.FORMAT, "fingerprint": fingerprint, "settings": settings}
+    return write_prepared(output, record, config, build, echo)

@@ -139,31 +139,59 @@ def prepare_corpus(
     sources = open_sources(inputs, config.fields, config.split, config.hub_config)
     settings = config.fingerprint_settings()
     fingerprint = corpus.compute_fingerprint(sources, settings)
+    reused = reuse_prepared(output, fingerprint, echo)
+    if reused is not None:
+        return reused
+    if config.annotator == "none":
+        logger.warning(
+            "--annotator none: no phrase or entity annotation; phrase/entity masking will fall "
+            "back to word masking"
+        )
+    record = {"format": corpus.FORMAT, "fingerprint": fingerprint, "settings": settings}
+    if config.shard is not None:  # what the merged shards must all agree on
+        unsharded = {k: v for k, v in settings.items() if k != "shard"}
+        record["unsharded_fingerprint"] = corpus.compute_fingerprint(sources, unsharded)
+
+    def build(temp: Path) -> dict[str, Any]:
+        summary = _build(sources, temp, config)
+        summary["inputs"] = [str(source) for source in sources]
+        return summary
+
+    return write_prepared(output, record, config, build, echo)
+
+
+def reuse_prepared(
+    output: Path, fingerprint: str, echo: Callable[[str], Any]
+) -> dict[str, Any] | None:
+    """The summary of `output` (`reused` True) when it already holds `fingerprint`, else None.
+    Refuses an output that is not a prepare output, and sweeps dead runs' temp dirs first."""
     corpus.check_output_dir(output)
     # Before the up-to-date check: a run killed right after installing its output leaves the
     # previous copy in a `.prepare-old-` dir, and the next run may just reuse the output.
     corpus.remove_stale_temp_dirs(output)
     existing = corpus.read_fingerprint(output)
     if existing and existing.get("fingerprint") == fingerprint:
-        summary = corpus.load_summary(output)
         echo(f"{output} is up to date (fingerprint {fingerprint[:12]}); reusing it")
-        return {**summary, "reused": True}
-    if config.annotator == "none":
-        logger.warning(
-            "--annotator none: no phrase or entity annotation; phrase/entity masking will fall "
-            "back to word masking"
-        )
+        return {**corpus.load_summary(output), "reused": True}
+    return None
+
+
+def write_prepared(
+    output: Path,
+    record: dict[str, Any],
+    config: PrepareConfig,
+    build: Callable[[Path], dict[str, Any]],
+    echo: Callable[[str], Any],
+) -> dict[str, Any]:
+    """Build a prepared corpus in a temp dir (`build(temp)` writes documents/ and returns the
+    summary), train the tokenizer if `config` asks, write the fingerprint `record` last,
+    install it atomically at `output` and print the summary."""
     temp = corpus.new_temp_dir(output)
     try:
-        summary = _build(sources, temp, config)
-        summary["inputs"] = [str(source) for source in sources]
+        summary = build(temp)
         corpus.write_json(temp / corpus.SUMMARY_FILE, summary)
         if config.tokenizer_vocab_size:
             _train_tokenizer(temp, config)
-        record = {"format": corpus.FORMAT, "fingerprint": fingerprint, "settings": settings}
-        if config.shard is not None:  # what the merged shards must all agree on
-            unsharded = {k: v for k, v in settings.items() if k != "shard"}
-            record["unsharded_fingerprint"] = corpus.compute_fingerprint(sources, unsharded)
         corpus.write_json(temp / corpus.FINGERPRINT_FILE, record)
         corpus.install(temp, output)
     except BaseException:
