@@ -17,15 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
 import datasets
 
 from ernie_style.document import DOCUMENT_FEATURES
-from ernie_style.fileio import pid_alive
+from ernie_style.fileio import replace_dir, sibling, sweep_stale_dirs
 
 FORMAT = "ernie-style-prepared-corpus"
 #: Bump when the annotation or output layout changes in a way the code hash would not show.
@@ -126,21 +124,14 @@ def check_output_dir(output: Path) -> None:
 
 def new_temp_dir(output: Path) -> Path:
     """A fresh temporary directory next to `output`, named after this process."""
-    path = output.parent / f".{output.name}.{_TEMP_TAG}-{os.getpid()}-{secrets.token_hex(4)}"
+    path = sibling(output, _TEMP_TAG)
     path.mkdir()
     return path
 
 
 def remove_stale_temp_dirs(output: Path) -> int:
     """Delete temporary/old directories left by dead `prepare` runs; returns how many."""
-    removed = 0
-    for tag in (_TEMP_TAG, _OLD_TAG):
-        for path in output.parent.glob(f".{output.name}.{tag}-*"):
-            pid = path.name.removeprefix(f".{output.name}.{tag}-").split("-")[0]
-            if pid.isdigit() and not pid_alive(pid) and path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-                removed += 1
-    return removed
+    return sweep_stale_dirs(output, _TEMP_TAG, _OLD_TAG, restore=False)
 
 
 def install(temp: Path, output: Path) -> None:
@@ -149,21 +140,11 @@ def install(temp: Path, output: Path) -> None:
     Each rename is atomic: a crash leaves `output` either the old complete version or absent
     (the old copy then sits in a `.prepare-old-` directory that the next run removes).
     """
-    if not output.exists():
-        os.rename(temp, output)
-        return
-    if not any(output.iterdir()):
+    if output.exists() and not any(output.iterdir()):
         output.rmdir()
-        os.rename(temp, output)
-        return
-    old = output.parent / f".{output.name}.{_OLD_TAG}-{os.getpid()}-{secrets.token_hex(4)}"
-    os.rename(output, old)
-    try:
-        os.rename(temp, output)
-    except OSError:
-        os.rename(old, output)  # put the previous version back rather than leave nothing
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    # Two renames (old aside, new in), as prepare has always done; its fault-injection tests
+    # interrupt exactly these renames.
+    replace_dir(temp, output, old_tag=_OLD_TAG, exchange=False)
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -29,7 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ernie_style.document import Document
-from ernie_style.fileio import pid_alive
+from ernie_style.fileio import sibling, sweep_stale_dirs
 
 INDEX_DIR = "indexes"
 #: Bump when the layout of a saved structure changes.
@@ -78,11 +77,8 @@ def build_or_load(
     target = root / name
     if not (target / "meta.json").is_file():
         root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(f".{name}.tmp-*"):  # left by a killed builder
-            pid = stale.name.removeprefix(f".{name}.tmp-").split("-")[0]
-            if pid.isdigit() and not pid_alive(pid):
-                shutil.rmtree(stale, ignore_errors=True)
-        temp = root / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        sweep_stale_dirs(target)  # temp dirs left by killed builders
+        temp = sibling(target, "tmp")
         temp.mkdir()
         try:
             build(temp)

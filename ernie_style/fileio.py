@@ -74,28 +74,34 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_dirs(target)
-    tmp = _sibling(target, _TMP)
+    tmp = sibling(target, _TMP)
     tmp.mkdir()
     try:
         yield tmp
-        _swap_in(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _sibling(target: Path, tag: str) -> Path:
+def sibling(target: Path, tag: str) -> Path:
+    """A fresh name `.NAME.TAG-PID-TOKEN` next to `target` (the pid tells sweepers whether its
+    writer still runs)."""
     return target.parent / f".{target.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def _swap_in(new: Path, target: Path) -> None:
+def replace_dir(new: Path, target: Path, old_tag: str = _OLD, exchange: bool = True) -> None:
+    """Put the complete directory `new` at `target`, deleting the previous version only once
+    the new one is in place: an atomic exchange where the system has one (and `exchange`),
+    else the previous version is renamed aside (`.NAME.OLD_TAG-PID-TOKEN`) first and put back
+    if the second rename fails."""
     if not target.exists():
         os.rename(new, target)
         return
-    if _exchange(new, target):  # `new` now holds the previous version
+    if exchange and _exchange(new, target):  # `new` now holds the previous version
         shutil.rmtree(new, ignore_errors=True)
         return
-    old = _sibling(target, _OLD)
+    old = sibling(target, old_tag)
     os.rename(target, old)
     try:
         os.rename(new, target)
@@ -121,17 +127,19 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(a), None, str(b))
 
 
-def sweep_stale_dirs(target: Path) -> int:
+def sweep_stale_dirs(
+    target: Path, tmp_tag: str = _TMP, old_tag: str = _OLD, restore: bool = True
+) -> int:
     """Clean up after writers of `target` that died: remove their temporary directories, and
-    if `target` is missing but a dead writer had renamed the previous version aside, put that
-    version back. Returns how many directories were handled."""
+    (with `restore`) if `target` is missing but a dead writer had renamed the previous version
+    aside, put that version back. Returns how many directories were handled."""
     handled = 0
-    for tag in (_OLD, _TMP):
+    for tag in (old_tag, tmp_tag):
         for path in sorted(target.parent.glob(f".{target.name}.{tag}-*")):
             pid = path.name.removeprefix(f".{target.name}.{tag}-").split("-")[0]
             if not pid.isdigit() or pid_alive(pid) or not path.is_dir():
                 continue
-            if tag == _OLD and not target.exists():
+            if restore and tag == old_tag and not target.exists():
                 os.rename(path, target)
             else:
                 shutil.rmtree(path, ignore_errors=True)
