@@ -187,6 +187,12 @@ class TaskExampleStream:
             theirs = saved if key == "shard" else state.get(key)
             if theirs != mine:
                 raise ValueError(f"stream state is for {key}={theirs!r}, this stream has {mine!r}")
+        self._set_position(state)
+        if self.offset:  # mid-unit: rebuild it as it was built (an unopened one waits)
+            self._load_current(progress=float(state.get("doc_progress", 0.0)))
+
+    def _set_position(self, state: dict[str, Any]) -> None:
+        """Take the position fields of a saved state (nothing is built yet)."""
         self.seed = int(state["seed"])
         self.epoch, self.cursor, self.offset = (
             int(state["epoch"]),
@@ -197,8 +203,6 @@ class TaskExampleStream:
         self.carry_done = int(state.get("carry_done", 0))
         self._order = None
         self._pending = []
-        if self.offset:  # mid-unit: rebuild it as it was built (an unopened one waits)
-            self._load_current(progress=float(state.get("doc_progress", 0.0)))
 
     def remaining_units(self) -> list[Unit]:
         """What this shard has not consumed of its carry and current epoch, as units (the
@@ -238,13 +242,7 @@ def reshard(
     epochs = []
     for shard, state in enumerate(states):
         old = TaskExampleStream(task, corpus, int(state["seed"]), shard, old_shards)
-        old.epoch, old.cursor, old.offset = (
-            int(state["epoch"]),
-            int(state["cursor"]),
-            int(state["offset"]),
-        )
-        old.carry = [tuple(int(v) for v in unit) for unit in state.get("carry", [])]  # type: ignore[misc]
-        old.carry_done = int(state.get("carry_done", 0))
+        old._set_position(state)
         leftover.extend(old.remaining_units())
         epochs.append(old.epoch)
     next_epoch = max(epochs) + 1
