@@ -8,6 +8,8 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `merge-shards` subcommand."""
+    from ernie_style.commands.prepare import add_tokenizer_arguments
+
     parser = subparsers.add_parser(
         "merge-shards",
         help="join the outputs of `prepare --shard I/N` into one prepared corpus",
@@ -19,9 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--input", required=True, nargs="+", action="extend", metavar="DIR")
     parser.add_argument("--output", required=True, metavar="DIR")
-    parser.add_argument("--train-tokenizer", type=int, default=None, metavar="VOCAB_SIZE")
-    parser.add_argument("--cased", action="store_true", help="cased tokenizer")
-    parser.add_argument("--tokenizer-min-frequency", type=int, default=2, metavar="N")
+    add_tokenizer_arguments(parser)
     parser.set_defaults(func=run)
 
 

@@ -60,24 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="stop after N non-empty documents (for quick trials)",
     )
-    parser.add_argument(
-        "--train-tokenizer",
-        type=int,
-        default=None,
-        metavar="VOCAB_SIZE",
-        help="also train a WordPiece tokenizer of this size on the kept text, saved to "
-        "DIR/tokenizer",
-    )
-    parser.add_argument(
-        "--cased", action="store_true", help="train a cased tokenizer (default: uncased)"
-    )
-    parser.add_argument(
-        "--tokenizer-min-frequency",
-        type=int,
-        default=2,
-        metavar="N",
-        help="minimum pair frequency for WordPiece merges",
-    )
+    add_tokenizer_arguments(parser)
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -97,6 +80,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-progress", action="store_true", help="do not show the progress bar on stderr"
     )
     parser.set_defaults(func=run)
+
+
+def add_tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
+    """--train-tokenizer, --cased, --tokenizer-min-frequency (prepare and merge-shards)."""
+    parser.add_argument(
+        "--train-tokenizer",
+        type=int,
+        default=None,
+        metavar="VOCAB_SIZE",
+        help="also train a WordPiece tokenizer of this size on the kept text, saved to "
+        "DIR/tokenizer",
+    )
+    parser.add_argument(
+        "--cased", action="store_true", help="train a cased tokenizer (default: uncased)"
+    )
+    parser.add_argument(
+        "--tokenizer-min-frequency",
+        type=int,
+        default=2,
+        metavar="N",
+        help="minimum pair frequency for WordPiece merges",
+    )
 
 
 def parse_shard(text: str) -> tuple[int, int]:
