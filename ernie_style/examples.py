@@ -117,8 +117,8 @@ class TokenizedDocument:
 
 
 class CorpusContext:
-    """The corpus a task draws from: other documents (for negatives) and shared, lazily built
-    corpus-level structures (e.g. a BM25 index), cached by key.
+    """The corpus a task draws from: other documents (for negatives) and corpus-level
+    structures (e.g. a BM25 index) built once and cached by name (`saved`).
 
     With an `index_root` (training: `CORPUS/indexes`), documents are tokenized once into an
     on-disk token table and corpus-level structures are saved there and memory-mapped
@@ -217,12 +217,6 @@ class CorpusContext:
                 return i
         others = [i for i, d in enumerate(self.documents) if d.id != exclude_id]
         return int(rng.choice(others)) if others else None
-
-    def shared(self, key: str, build: Callable[[], T]) -> T:
-        """A corpus-level object built once by `build` and cached under `key`."""
-        if key not in self._shared:
-            self._shared[key] = build()
-        return self._shared[key]
 
 
 def fit_segment_lengths(lengths: Sequence[int], budget: int) -> list[int]:
