@@ -20,6 +20,8 @@ from ernie_style.untrusted import refuse_pickle_weights
 
 #: Encoder sizes (ERNIE/BERT conventions: intermediate = 4 x hidden, head size 64 from small up).
 MODEL_PRESETS: dict[str, dict[str, int]] = {
+    # For tests and fixtures: ~25k parameters, a checkpoint of well under 1 MB.
+    "micro": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2},
     "tiny": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2},
     "small": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4},
     "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12},

@@ -16,7 +16,7 @@ from ernie_style.schedule import ContinualSchedule, auto_allocation, explicit_al
 class ModelSection:
     """Encoder architecture."""
 
-    preset: str = option("tiny", "encoder size: tiny | small | base | large")
+    preset: str = option("tiny", "encoder size: micro (tests) | tiny | small | base | large")
     init_from: str | None = option(None, "local HF encoder directory or release to start from")
     max_position_embeddings: int = option(512, "longest sequence the position table holds")
     dropout: float = option(0.1, "hidden and attention dropout")

@@ -13,7 +13,7 @@ from ernie_style.registry import get_task
 
 
 def test_presets_have_the_documented_sizes():
-    expected = {"tiny": (128, 2), "small": (256, 4), "base": (768, 12), "large": (1024, 24)}
+    expected = {"micro": (32, 2), "tiny": (128, 2), "small": (256, 4), "base": (768, 12), "large": (1024, 24)}
     for name, (hidden, layers) in expected.items():
         config = build_backbone_config(name, vocab_size=1000)
         assert (config.hidden_size, config.num_hidden_layers) == (hidden, layers)
