@@ -30,13 +30,13 @@ from _results import record
 from _timing import precision_header
 from example_throughput import prepared_corpus
 
-from ernie_style.corpus import load_corpus
-from ernie_style.corpus_index import index_root
-from ernie_style.document import DocumentSequence
-from ernie_style.examples import CorpusContext
-from ernie_style.loader import DataStreams, StepLayout
-from ernie_style.registry import registered_tasks
-from ernie_style.schedule import ContinualSchedule
+from ernie_style.corpus.document import DocumentSequence
+from ernie_style.corpus.index import index_root
+from ernie_style.corpus.prepared import load_corpus
+from ernie_style.pretrain.examples import CorpusContext
+from ernie_style.pretrain.loader import DataStreams, StepLayout
+from ernie_style.pretrain.registry import registered_tasks
+from ernie_style.pretrain.schedule import ContinualSchedule
 from ernie_style.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,8 +144,8 @@ start = time.perf_counter()
 sys.path.insert(0, sys.argv[2])
 from pathlib import Path
 from data_throughput import context, seven_tasks
-from ernie_style.loader import DataStreams, StepLayout
-from ernie_style.schedule import ContinualSchedule
+from ernie_style.pretrain.loader import DataStreams, StepLayout
+from ernie_style.pretrain.schedule import ContinualSchedule
 imported = time.perf_counter()
 corpus = context(Path(sys.argv[1]))
 tasks = seven_tasks(corpus)

@@ -22,13 +22,13 @@ from _results import record
 from _timing import precision_header
 from transformers import ErnieModel
 
-from ernie_style.corpus import load_corpus
-from ernie_style.document import DocumentSequence
-from ernie_style.examples import CorpusContext, collate
-from ernie_style.model import ErniePretrainingModel, build_backbone_config
+from ernie_style.corpus.document import DocumentSequence
+from ernie_style.corpus.prepared import load_corpus
 from ernie_style.precision import autocast
-from ernie_style.registry import registered_tasks
-from ernie_style.stream import TaskExampleStream
+from ernie_style.pretrain.examples import CorpusContext, collate
+from ernie_style.pretrain.model import ErniePretrainingModel, build_backbone_config
+from ernie_style.pretrain.registry import registered_tasks
+from ernie_style.pretrain.stream import TaskExampleStream
 from ernie_style.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

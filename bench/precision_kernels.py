@@ -6,8 +6,8 @@ replace, measured in one run: do they keep paying when `precision: auto` picks f
 - attention: the `ernie_cpu` eager attention with fast dropout vs SDPA with dropout,
   [32, 2 heads, 128, 64], additive mask, forward + backward;
 - cross-entropy over 600 x 8000 vocabulary logits: the chunked loss vs the stock one (it only
-  pays on bf16/fp16 logits, so `ernie_style.losses.cross_entropy` gives fp32 logits the stock
-  loss);
+  pays on bf16/fp16 logits, so `ernie_style.pretrain.losses.cross_entropy` gives fp32 logits
+  the stock loss);
 - a whole tiny-encoder forward + backward (hidden 128, 2 layers, batch 32 of 20..128 tokens):
   ernie-style's kernels + packing vs stock SDPA + `nn.Dropout` without packing.
 
@@ -52,8 +52,8 @@ from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from ernie_style.cpu_kernels import cpu_attention, fast_dropout, use_cpu_kernels  # noqa: E402
-from ernie_style.losses import _ChunkedCrossEntropy  # noqa: E402
-from ernie_style.model import ErniePretrainingModel, build_backbone_config  # noqa: E402
+from ernie_style.pretrain.losses import _ChunkedCrossEntropy  # noqa: E402
+from ernie_style.pretrain.model import ErniePretrainingModel, build_backbone_config  # noqa: E402
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:
@@ -160,7 +160,7 @@ def main() -> None:
             print(f"  {kernel:40s} {stock * 1e3:9.2f} / {ours * 1e3:9.2f} = {stock / ours:5.2f}x")
         stock, ours = rows["tiny encoder step (kernels + packing)"]
         active = "the stock loss" if name == "fp32" else "the chunked loss"
-        print(f"  (`ernie_style.losses.cross_entropy` on {name} logits runs {active})")
+        print(f"  (`ernie_style.pretrain.losses.cross_entropy` on {name} logits runs {active})")
         record(
             f"tiny encoder step, stock / ernie-style kernels + packing ({name}, {capability})",
             round(stock / ours, 3),

@@ -27,12 +27,12 @@ sys.path.insert(0, str(ROOT))
 
 from _results import record  # noqa: E402
 
-from ernie_style.prepare import PrepareConfig  # noqa: E402  (no torch, safe in spawned workers)
+from ernie_style.corpus.prepare import PrepareConfig  # noqa: E402  (no torch, safe in spawned workers)
 
 
 def plain_pipe(texts: list[str], model: str, batch_size: int | None = None) -> float:
     """Seconds for `nlp.pipe` over the texts, excluding the model load."""
-    from ernie_style.spacy_annotator import load_pipeline
+    from ernie_style.corpus.spacy_annotator import load_pipeline
 
     nlp = load_pipeline(model)
     start = time.perf_counter()
@@ -43,7 +43,7 @@ def plain_pipe(texts: list[str], model: str, batch_size: int | None = None) -> f
 
 def prepare_run(corpus: Path, num_proc: int, batch_size: int, chunk_chars: int) -> float:
     """Seconds for one uncached `prepare_corpus` call."""
-    from ernie_style.prepare import prepare_corpus
+    from ernie_style.corpus.prepare import prepare_corpus
 
     with tempfile.TemporaryDirectory() as tmp:
         config = PrepareConfig(num_proc=num_proc, batch_size=batch_size, chunk_chars=chunk_chars)

@@ -12,7 +12,7 @@ runs bf16 natively, fp32 where bf16 is only emulated: `ernie_style.precision`),
     through the trainer's own `_next_batches()` (task sampling, example construction, collation)
     and `_train_step()` (accelerate autocast forward in the `precision: auto` choice, backward,
     NaN check, grad clipping, AdamW) in a timed loop. The model size is not reachable through
-    the config (model presets only), so `ernie_style.run_state.build_backbone_config` is
+    the config (model presets only), so `ernie_style.pretrain.state.build_backbone_config` is
     wrapped while the trainer is built: it gets the size overrides above and everything else
     is the real code path.
 (b) stock `transformers.BertForMaskedLM` + `DataCollatorForLanguageModeling` (15% masking)
@@ -127,7 +127,7 @@ def backbone_size(hidden: int, layers: int, heads: int, intermediate: int, vocab
     overridden, every other argument (padding id, positions, dropout, task embeddings, attention
     implementation) comes from the config as usual.
     """
-    from ernie_style import run_state
+    from ernie_style.pretrain import state as run_state
 
     original = run_state.build_backbone_config
 
@@ -165,7 +165,7 @@ def encoder_params(backbone: torch.nn.Module) -> int:
 
 def computed_positions(model: Any, batch: dict) -> int:
     """Positions the encoder computes for a batch: its padded size, or the packed rows'."""
-    from ernie_style.packing import plan_packing
+    from ernie_style.pretrain.packing import plan_packing
 
     plan = plan_packing(batch["attention_mask"]) if model.pack_sequences else None
     if plan is None or not plan.worthwhile:
@@ -175,7 +175,7 @@ def computed_positions(model: Any, batch: dict) -> int:
 
 def ours_step_flops(model: Any, batches: dict[str, list[dict]]) -> tuple[float, int, int]:
     """(FLOPs, non-padding tokens, padded tokens) of one step's micro-batches (see module doc)."""
-    from ernie_style.heads import MaskedLMHead
+    from ernie_style.pretrain.heads import MaskedLMHead
 
     config = model.backbone.config
     hidden, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
@@ -203,9 +203,9 @@ def ours_step_flops(model: Any, batches: dict[str, list[dict]]) -> tuple[float, 
 def run_ours(args: argparse.Namespace, corpus: Path, workdir: Path) -> tuple[Section, dict]:
     """Time the trainer's `_next_batches` + `_train_step` over all seven tasks."""
     from ernie_style.config import load_config
-    from ernie_style.pretrain_config import PretrainConfig
-    from ernie_style.registry import registered_tasks
-    from ernie_style.trainer import PretrainTrainer
+    from ernie_style.pretrain.config import PretrainConfig
+    from ernie_style.pretrain.registry import registered_tasks
+    from ernie_style.pretrain.trainer import PretrainTrainer
 
     tasks = list(registered_tasks())
     overrides = [
@@ -288,7 +288,7 @@ def _optimizer_mode(optimizer: torch.optim.Optimizer) -> str:
 # ---- (b) stock Hugging Face ---------------------------------------------------------------
 def grouped_blocks(corpus: Path, tokenizer: Any, seq_len: int) -> list[list[int]]:
     """The corpus text tokenized ([CLS] doc [SEP] per document) and cut into seq_len blocks."""
-    from ernie_style.corpus import load_corpus
+    from ernie_style.corpus.prepared import load_corpus
 
     texts = list(load_corpus(corpus)["text"])
     ids = tokenizer(texts, add_special_tokens=True, return_attention_mask=False)["input_ids"]

@@ -34,7 +34,7 @@ class UnsafeFileError(ValueError):
 def load_torch_file(path: Path) -> Any:
     """`torch.load(path, weights_only=True)` on CPU; a file holding other pickled objects is an
     `UnsafeFileError`, an unreadable one a `ValueError`, both naming the file."""
-    from ernie_style.checkpoint import load_torch
+    from ernie_style.train.checkpoint import load_torch
 
     try:
         return load_torch(path)

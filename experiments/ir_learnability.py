@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ernie_style.corpus import load_corpus
-from ernie_style.corpus_index import index_root
-from ernie_style.document import DocumentSequence
-from ernie_style.examples import CorpusContext
+from ernie_style.corpus.document import DocumentSequence
+from ernie_style.corpus.index import index_root
+from ernie_style.corpus.prepared import load_corpus
+from ernie_style.pretrain.examples import CorpusContext
 from ernie_style.tokenizer import load_tokenizer
 from pretrain_tasks.ir_relevance import IRRelevance
 

@@ -1,7 +1,8 @@
 """The ERNIE 2.0 pretraining objectives, one module each.
 
-Importing this package imports every module in it, and each module registers its task with
-`@register_task`: a new objective is one new file here.
+Importing this package imports every module in it, and each task module registers its task with
+`@register_task`: a new objective is one new file here. Helpers only tasks use live here too
+(`pair_files`: labelled pair files read by discourse relation and IR relevance).
 """
 
 import importlib

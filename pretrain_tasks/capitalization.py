@@ -12,15 +12,15 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ernie_style.examples import (
+from ernie_style.pretrain.examples import (
     IGNORE_INDEX,
     CorpusContext,
     Example,
     TokenizedDocument,
     sentence_windows,
 )
-from ernie_style.heads import TaskHead, TokenClassificationHead
-from ernie_style.registry import PretrainTask, register_task
+from ernie_style.pretrain.heads import TaskHead, TokenClassificationHead
+from ernie_style.pretrain.registry import PretrainTask, register_task
 
 
 def capitalization_label(word: str) -> int:

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ernie_style.examples import CorpusContext, Example, TokenizedDocument
-from ernie_style.heads import SequenceClassificationHead, TaskHead
-from ernie_style.pair_files import (
+from ernie_style.pretrain.examples import CorpusContext, Example, TokenizedDocument
+from ernie_style.pretrain.heads import SequenceClassificationHead, TaskHead
+from ernie_style.pretrain.registry import PretrainTask, TaskConfig, register_task
+from pretrain_tasks.pair_files import (
     PairFileMixin,
     read_rows,
     row_error,
@@ -37,7 +38,6 @@ from ernie_style.pair_files import (
     tokenize_text,
     validate_pairs_options,
 )
-from ernie_style.registry import PretrainTask, TaskConfig, register_task
 
 #: The label inventory (label = index): unambiguous sentence-initial English connectives, the
 #: 20 of the ERNIE 2.0 issue plus 8 frequent ones (Wikipedia-style text rarely opens sentences

@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ernie_style.corpus_index import load_arrays, save_arrays
-from ernie_style.document import Document
-from ernie_style.examples import CorpusContext, Example, TokenizedDocument
-from ernie_style.heads import SequenceClassificationHead, TaskHead
-from ernie_style.pair_files import (
+from ernie_style.corpus.document import Document
+from ernie_style.corpus.index import load_arrays, save_arrays
+from ernie_style.pretrain.examples import CorpusContext, Example, TokenizedDocument
+from ernie_style.pretrain.heads import SequenceClassificationHead, TaskHead
+from ernie_style.pretrain.registry import PretrainTask, TaskConfig, register_task
+from pretrain_tasks.pair_files import (
     PairFileMixin,
     read_rows,
     row_error,
@@ -42,7 +43,6 @@ from ernie_style.pair_files import (
     tokenize_text,
     validate_pairs_options,
 )
-from ernie_style.registry import PretrainTask, TaskConfig, register_task
 
 STRONG, WEAK, IRRELEVANT = 0, 1, 2
 LABEL_NAMES = ("strong", "weak", "irrelevant")

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ernie_style.examples import (
+from ernie_style.pretrain.examples import (
     IGNORE_INDEX,
     CorpusContext,
     Example,
@@ -40,8 +40,8 @@ from ernie_style.examples import (
     assemble,
     sentence_windows,
 )
-from ernie_style.heads import MaskedLMHead, TaskHead
-from ernie_style.registry import PretrainTask, TaskConfig, register_task
+from ernie_style.pretrain.heads import MaskedLMHead, TaskHead
+from ernie_style.pretrain.registry import PretrainTask, TaskConfig, register_task
 
 #: Masking levels, in the order of ERNIE's staged curriculum.
 LEVELS = ("basic", "phrase", "entity")

@@ -20,9 +20,9 @@ import bisect
 import numpy as np
 from torch import nn
 
-from ernie_style.examples import CorpusContext, Example, TokenizedDocument, assemble
-from ernie_style.heads import SequenceClassificationHead, TaskHead
-from ernie_style.registry import PretrainTask, register_task
+from ernie_style.pretrain.examples import CorpusContext, Example, TokenizedDocument, assemble
+from ernie_style.pretrain.heads import SequenceClassificationHead, TaskHead
+from ernie_style.pretrain.registry import PretrainTask, register_task
 
 ADJACENT, SAME_DOCUMENT, OTHER_DOCUMENT = 0, 1, 2
 #: Draws of another document before an example of class 2 is given up.

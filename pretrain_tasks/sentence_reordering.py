@@ -28,15 +28,15 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ernie_style.examples import (
+from ernie_style.pretrain.examples import (
     MAX_SEGMENTS,
     CorpusContext,
     Example,
     TokenizedDocument,
     assemble,
 )
-from ernie_style.heads import SequenceClassificationHead, TaskHead
-from ernie_style.registry import PretrainTask, TaskConfig, register_task
+from ernie_style.pretrain.heads import SequenceClassificationHead, TaskHead
+from ernie_style.pretrain.registry import PretrainTask, TaskConfig, register_task
 
 
 def _check_max_segments(max_segments: object) -> int:

@@ -30,15 +30,15 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from ernie_style.examples import (
+from ernie_style.pretrain.examples import (
     IGNORE_INDEX,
     CorpusContext,
     Example,
     TokenizedDocument,
     sentence_windows,
 )
-from ernie_style.heads import TaskHead, TokenClassificationHead
-from ernie_style.registry import PretrainTask, TaskConfig, register_task
+from ernie_style.pretrain.heads import TaskHead, TokenClassificationHead
+from ernie_style.pretrain.registry import PretrainTask, TaskConfig, register_task
 
 
 def is_punctuation(word: str) -> bool:

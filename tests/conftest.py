@@ -44,7 +44,7 @@ def tokenizer(english_texts):
 @pytest.fixture(scope="session")
 def english_documents():
     """Regex-annotated documents: each paragraph pair above forms one two-paragraph document."""
-    from ernie_style.annotate import RawDocument, RegexAnnotator
+    from ernie_style.corpus.annotate import RawDocument, RegexAnnotator
 
     raws = [
         RawDocument(
@@ -63,7 +63,7 @@ def wiki_documents():
     import json
     from pathlib import Path
 
-    from ernie_style.annotate import RawDocument, RegexAnnotator
+    from ernie_style.corpus.annotate import RawDocument, RegexAnnotator
 
     sample = Path(__file__).resolve().parents[1] / "data" / "sample_corpus" / "wiki_sample.jsonl"
     rows = [json.loads(line) for line in sample.read_text(encoding="utf-8").splitlines()]

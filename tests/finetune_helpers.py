@@ -10,7 +10,7 @@ import torch
 import yaml
 from transformers import ErnieModel
 
-from ernie_style.model import build_backbone_config
+from ernie_style.pretrain.model import build_backbone_config
 from ernie_style.tokenizer import train_wordpiece
 
 ROOT = Path(__file__).resolve().parents[1]

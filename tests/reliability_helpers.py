@@ -151,7 +151,11 @@ def subprocess_launcher(
 
 #: Modules each command imports while it runs (imported once by `preload` before forking).
 PRELOAD = {
-    "pretrain": ["ernie_style.trainer", "ernie_style.run_state", "ernie_style.run_lock"],
+    "pretrain": [
+        "ernie_style.pretrain.trainer",
+        "ernie_style.pretrain.state",
+        "ernie_style.run_lock",
+    ],
     "finetune": [
         "ernie_style.finetune.trainer",
         "ernie_style.finetune.state",
@@ -159,7 +163,7 @@ PRELOAD = {
         "ernie_style.finetune.plots",
         "matplotlib.pyplot",
     ],
-    "prepare": ["ernie_style.prepare", "ernie_style.tokenizer", "ernie_style.run_lock"],
+    "prepare": ["ernie_style.corpus.prepare", "ernie_style.tokenizer", "ernie_style.run_lock"],
     "ingest": ["ernie_style.active_learning.loop", "ernie_style.finetune.loading"],
 }
 
@@ -533,7 +537,7 @@ def pretrain_reference(root: Path, corpus: Path, launch: Launcher) -> dict[str, 
 
 def check_checkpoints_after_kill(checkpoints: Path) -> list[str]:
     """The newest checkpoint directory (if any) is complete, and `--resume auto` picks it."""
-    from ernie_style.checkpoint import find_resumable, list_checkpoints, verify
+    from ernie_style.train.checkpoint import find_resumable, list_checkpoints, verify
 
     found = list_checkpoints(checkpoints)
     if not found:
@@ -564,7 +568,7 @@ def pretrain_trial(
     checkpoint write), each time resuming with `--resume auto`; then resume to the end and
     compare the final checkpoint with the reference run's. Random delays are drawn within
     `window` times the reference run's measured duration."""
-    from ernie_style.checkpoint import list_checkpoints, step_dir_name, verify
+    from ernie_style.train.checkpoint import list_checkpoints, step_dir_name, verify
 
     started = time.monotonic()
     trial = Trial("pretrain", "+".join(faults), seed)
@@ -689,7 +693,7 @@ def finetune_trial(
     "checkpoint", "best": in the middle of writing best/), resume with `--resume auto` each
     time, then to the end; the final checkpoint, best/ and metrics must equal the reference's.
     Random delays are drawn within `window` times the reference run's measured duration."""
-    from ernie_style.checkpoint import list_checkpoints, verify
+    from ernie_style.train.checkpoint import list_checkpoints, verify
 
     started = time.monotonic()
     trial = Trial("finetune", "+".join(faults), seed)
@@ -798,7 +802,7 @@ def prepare_reference(root: Path, source: Path, launch: Launcher) -> dict[str, A
 def corpus_differences(got: Path, expected: Path) -> tuple[list[str], int]:
     """How a prepared corpus differs from the reference: (problems, document rows that differ
     or are missing)."""
-    from ernie_style.corpus import load_corpus, load_summary, read_fingerprint
+    from ernie_style.corpus.prepared import load_corpus, load_summary, read_fingerprint
 
     problems = []
     record, want = read_fingerprint(got), read_fingerprint(expected)
@@ -845,7 +849,7 @@ def prepare_trial(
     `crash_at = (k, "before"|"after")` rename, where the output is installed); the output must
     be absent or complete (never a partial corpus a later run would take for complete); a
     re-run must give the reference corpus."""
-    from ernie_style.corpus import load_corpus, read_fingerprint
+    from ernie_style.corpus.prepared import load_corpus, read_fingerprint
 
     started = time.monotonic()
     trial = Trial("prepare", fault, seed)

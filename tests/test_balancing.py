@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from ernie_style.balancing import BALANCERS, balancer_class, build_balancer, check_options
+from ernie_style.train.balancing import BALANCERS, balancer_class, build_balancer, check_options
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from ernie_style.checkpoint import (
+from ernie_style.train.checkpoint import (
     CheckpointWriter,
     find_resumable,
     list_checkpoints,
@@ -93,7 +93,7 @@ def test_pickles_with_code_are_refused(tmp_path):
 
 
 def test_a_copy_moved_aside_by_a_killed_replacing_writer_is_put_back(tmp_path):
-    from ernie_style.checkpoint import CheckpointWriter, find_resumable, recover_replaced
+    from ernie_style.train.checkpoint import CheckpointWriter, find_resumable, recover_replaced
 
     writer = CheckpointWriter(tmp_path, 4)
     writer.save_text("a.txt", "old")

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from ernie_style.config import Override, apply_overrides, load_config
-from ernie_style.pretrain_config import PretrainConfig
+from ernie_style.pretrain.config import PretrainConfig
 
 BASE = [
     "data.corpus=somewhere",
@@ -140,7 +140,7 @@ def test_auto_schedule_from_task_order_and_first_stage():
 
 def test_float_keys_accept_exponents_without_a_dot(tmp_path):
     from ernie_style.config import load_config
-    from ernie_style.pretrain_config import PretrainConfig
+    from ernie_style.pretrain.config import PretrainConfig
 
     config = load_config(
         PretrainConfig, None, ["data.corpus=x", "optim.lr=3e-5", "tasks.capitalization.budget=5"]

@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from ernie_style.examples import CorpusContext
-from ernie_style.loader import DataStreams, StepLayout
-from ernie_style.registry import get_task
-from ernie_style.schedule import ContinualSchedule
+from ernie_style.pretrain.examples import CorpusContext
+from ernie_style.pretrain.loader import DataStreams, StepLayout
+from ernie_style.pretrain.registry import get_task
+from ernie_style.pretrain.schedule import ContinualSchedule
 
 TASKS = ("capitalization", "sentence_distance")
 
@@ -128,8 +128,8 @@ def test_indexes_are_built_once_on_disk_and_a_new_task_builds_its_own(small_corp
     from pretrain_helpers import write_config
 
     from ernie_style.config import load_config
-    from ernie_style.pretrain_config import PretrainConfig
-    from ernie_style.run_state import build_run_state
+    from ernie_style.pretrain.config import PretrainConfig
+    from ernie_style.pretrain.state import build_run_state
 
     index_dir = tmp_path / "shared_indexes"
     path = write_config(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ernie_style.losses import CHUNK_ROWS, cross_entropy
+from ernie_style.pretrain.losses import CHUNK_ROWS, cross_entropy
 
 
 @pytest.mark.parametrize("rows", [1, CHUNK_ROWS, 3 * CHUNK_ROWS + 5])

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from ernie_style.cli import main
-from ernie_style.corpus import load_corpus
-from ernie_style.merge_shards import merge_shards
-from ernie_style.prepare import PrepareConfig, prepare_corpus
+from ernie_style.corpus.merge_shards import merge_shards
+from ernie_style.corpus.prepare import PrepareConfig, prepare_corpus
+from ernie_style.corpus.prepared import load_corpus
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_corpus" / "wiki_sample.jsonl"
 

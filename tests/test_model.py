@@ -2,18 +2,24 @@ import pytest
 import torch
 from transformers import ErnieModel
 
-from ernie_style.examples import collate
-from ernie_style.model import (
+from ernie_style.pretrain.examples import collate
+from ernie_style.pretrain.model import (
     MODEL_PRESETS,
     ErniePretrainingModel,
     build_backbone_config,
     load_backbone,
 )
-from ernie_style.registry import get_task
+from ernie_style.pretrain.registry import get_task
 
 
 def test_presets_have_the_documented_sizes():
-    expected = {"micro": (32, 2), "tiny": (128, 2), "small": (256, 4), "base": (768, 12), "large": (1024, 24)}
+    expected = {
+        "micro": (32, 2),
+        "tiny": (128, 2),
+        "small": (256, 4),
+        "base": (768, 12),
+        "large": (1024, 24),
+    }
     for name, (hidden, layers) in expected.items():
         config = build_backbone_config(name, vocab_size=1000)
         assert (config.hidden_size, config.num_hidden_layers) == (hidden, layers)
@@ -32,7 +38,7 @@ def test_task_embeddings_change_the_encoding(tokenizer, english_documents):
     config = build_backbone_config("tiny", vocab_size=len(tokenizer))
     task = get_task("capitalization")(tokenizer, max_seq_len=32)
     model = ErniePretrainingModel(ErnieModel(config), {task.name: task}).eval()
-    from ernie_style.examples import TokenizedDocument
+    from ernie_style.pretrain.examples import TokenizedDocument
 
     examples = task.examples(TokenizedDocument(english_documents[0], tokenizer), None, None)
     batch = collate(examples[:2], tokenizer.pad_token_id)

@@ -17,8 +17,8 @@ from ernie_style.cpu_kernels import (
     resolve_attention,
     use_cpu_kernels,
 )
-from ernie_style.model import ErniePretrainingModel
-from ernie_style.packing import MIN_SAVING, pack_batch, pack_rows, plan_packing
+from ernie_style.pretrain.model import ErniePretrainingModel
+from ernie_style.pretrain.packing import MIN_SAVING, pack_batch, pack_rows, plan_packing
 
 
 @settings(max_examples=200, deadline=None)

@@ -17,12 +17,12 @@ from pathlib import Path
 import datasets
 import pytest
 
-from ernie_style import prepare
-from ernie_style.annotate import normalize_text
 from ernie_style.cli import main
-from ernie_style.corpus import load_corpus
-from ernie_style.document import DOCUMENT_FEATURES, Document
-from ernie_style.prepare import PrepareConfig, prepare_corpus
+from ernie_style.corpus import prepare
+from ernie_style.corpus.annotate import normalize_text
+from ernie_style.corpus.document import DOCUMENT_FEATURES, Document
+from ernie_style.corpus.prepare import PrepareConfig, prepare_corpus
+from ernie_style.corpus.prepared import load_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample_corpus" / "wiki_sample.jsonl"
@@ -178,7 +178,7 @@ _KILLED_RUN = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from ernie_style import prepare
+    from ernie_style.corpus import prepare
 
     original = prepare.annotate_chunk
     calls = []

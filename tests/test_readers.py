@@ -9,8 +9,8 @@ from collections import Counter
 import datasets
 import pytest
 
-from ernie_style import readers
-from ernie_style.readers import (
+from ernie_style.corpus import readers
+from ernie_style.corpus.readers import (
     FieldNames,
     fingerprint_sources,
     open_sources,
@@ -70,7 +70,7 @@ def test_jsonl_bad_lines_are_warned_counted_and_skipped(tmp_path, caplog):
         b'{"text": "bad \xff\xfe bytes."}\n'
         b'{"text": "lone \\ud800 surrogate."}\n'
     )
-    with caplog.at_level(logging.WARNING, logger="ernie_style.readers"):
+    with caplog.at_level(logging.WARNING, logger="ernie_style.corpus.readers"):
         docs, stats = read_all(path)
     assert [d.text for d in docs] == [
         "Good one.",

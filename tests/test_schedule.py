@@ -1,8 +1,12 @@
 import numpy as np
 import pytest
 
-from ernie_style.lr import StageLR
-from ernie_style.schedule import ContinualSchedule, auto_allocation, explicit_allocation
+from ernie_style.pretrain.schedule import (
+    ContinualSchedule,
+    StageLR,
+    auto_allocation,
+    explicit_allocation,
+)
 
 PAPER = {
     "knowledge_masking": [20_000, 10_000, 10_000, 10_000],
@@ -125,7 +129,7 @@ def test_with_several_tasks_per_step_stages_are_counted_in_steps(k):
     ]
     # The LR decays to zero at the last step of each stage, not half-way (as when the phase
     # lengths counted iterations).
-    from ernie_style.lr import StageLR
+    from ernie_style.pretrain.schedule import StageLR
 
     lr = StageLR(ContinualSchedule(plan, seed=4, tasks_per_step=k), 2, "linear", True)
     assert lr.factor(lengths[0] - 1) < 0.05 and lr.factor(sum(lengths) - 1) < 0.05

@@ -10,9 +10,9 @@ import yaml
 
 from ernie_style.cli import main
 from ernie_style.config import load_config
-from ernie_style.deepspeed_support import fill_auto
 from ernie_style.precision import resolve_precision
-from ernie_style.pretrain_config import PretrainConfig
+from ernie_style.pretrain.config import PretrainConfig
+from ernie_style.train.deepspeed_support import fill_auto
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRETRAIN = sorted((CONFIGS / "pretrain").glob("*.yaml"))

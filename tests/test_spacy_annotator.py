@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ernie_style.annotate import RawDocument, RegexAnnotator, normalize_text
-from ernie_style.readers import open_sources, read_documents
-from ernie_style.spacy_annotator import SpacyAnnotator, _word_span, piece_spans
+from ernie_style.corpus.annotate import RawDocument, RegexAnnotator, normalize_text
+from ernie_style.corpus.readers import open_sources, read_documents
+from ernie_style.corpus.spacy_annotator import SpacyAnnotator, _word_span, piece_spans
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 import pytest
 
-from ernie_style.examples import CorpusContext
-from ernie_style.registry import get_task
-from ernie_style.stream import TaskExampleStream
+from ernie_style.pretrain.examples import CorpusContext
+from ernie_style.pretrain.registry import get_task
+from ernie_style.pretrain.stream import TaskExampleStream
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_state_for_another_corpus_is_refused(corpus, tokenizer, english_document
 
 
 def test_corpus_without_usable_documents_is_a_clear_error(tokenizer):
-    from ernie_style.annotate import document_from_sentences
+    from ernie_style.corpus.annotate import document_from_sentences
 
     docs = [document_from_sentences("a", [["Only one sentence."]])]
     task = get_task("sentence_distance")(tokenizer)
@@ -89,7 +89,7 @@ def test_more_shards_than_documents_is_a_clear_error(english_documents, tokenize
 
 @pytest.mark.parametrize("new_shards", [1, 3, 4])
 def test_reshard_loses_and_repeats_nothing_of_the_epoch(wiki_corpus, wiki_tokenizer, new_shards):
-    from ernie_style.stream import reshard
+    from ernie_style.pretrain.stream import reshard
 
     task = get_task("sentence_distance")(wiki_tokenizer, max_seq_len=64)
     slices = {
@@ -132,7 +132,7 @@ def test_a_state_for_another_shard_layout_is_refused(wiki_corpus, wiki_tokenizer
 
 
 def test_a_second_reshard_mid_carry_still_loses_and_repeats_nothing(wiki_corpus, wiki_tokenizer):
-    from ernie_style.stream import reshard
+    from ernie_style.pretrain.stream import reshard
 
     task = get_task("capitalization")(wiki_tokenizer, max_seq_len=64)
     epoch0 = [e for s in range(2) for e in slice_examples(task, wiki_corpus, s, 2, 0)]

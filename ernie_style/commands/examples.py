@@ -1,6 +1,6 @@
 """`ernie-style examples`: build every task's examples from a prepared corpus and report what
 they look like (counts, lengths, label distribution, decoded samples); the report itself is
-`ernie_style.example_report` (imported when the command runs)."""
+`ernie_style.pretrain.example_report` (imported when the command runs)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build and summarise the examples."""
-    from ernie_style.example_report import report
+    from ernie_style.pretrain.example_report import report
 
     return report(args)

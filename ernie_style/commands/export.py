@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export and say where."""
-    from ernie_style.export import export_release
+    from ernie_style.pretrain.export import export_release
 
     path = export_release(args.run, args.output, args.checkpoint)
     print(f"release written to {path}")

@@ -28,9 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Merge (or reuse an up-to-date merge)."""
     from ernie_style.commands.prepare import prepare_lock_path
-    from ernie_style.corpus import check_output_dir
-    from ernie_style.merge_shards import merge_shards
-    from ernie_style.prepare import PrepareConfig
+    from ernie_style.corpus.merge_shards import merge_shards
+    from ernie_style.corpus.prepare import PrepareConfig
+    from ernie_style.corpus.prepared import check_output_dir
     from ernie_style.run_lock import locked_run
 
     config = PrepareConfig(

@@ -117,9 +117,9 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     """Prepare the corpus (or reuse an up-to-date one) and print the summary."""
-    from ernie_style.corpus import check_output_dir
-    from ernie_style.prepare import PrepareConfig, prepare_corpus
-    from ernie_style.readers import FieldNames
+    from ernie_style.corpus.prepare import PrepareConfig, prepare_corpus
+    from ernie_style.corpus.prepared import check_output_dir
+    from ernie_style.corpus.readers import FieldNames
     from ernie_style.run_lock import locked_run
 
     # Warnings (bad input lines, --annotator none) go to stderr unless logging is configured.

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ernie_style.pretrain_config import PretrainConfig
-    from ernie_style.schedule import ContinualSchedule
+    from ernie_style.pretrain.config import PretrainConfig
+    from ernie_style.pretrain.schedule import ContinualSchedule
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,8 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _resume_plan(config: PretrainConfig, schedule: ContinualSchedule, resume: str) -> None:
     """Merge the schedule history of the checkpoint or release `--resume` names into
     `schedule`, as the run will (stages already started keep the allocation they ran with)."""
-    from ernie_style.checkpoint import resolve_resume
-    from ernie_style.export import RELEASE_MARKER
+    from ernie_style.pretrain.export import RELEASE_MARKER
+    from ernie_style.train.checkpoint import resolve_resume
 
     root = Path(config.output_dir) / "checkpoints"
     source = resolve_resume(resume, root, print, "checkpoint or release")
@@ -57,11 +57,11 @@ def _resume_plan(config: PretrainConfig, schedule: ContinualSchedule, resume: st
 def run(args: argparse.Namespace) -> int:
     """Validate, then dry-run or train."""
     from ernie_style.config import dump_yaml, load_config
-    from ernie_style.pretrain_config import PretrainConfig
+    from ernie_style.pretrain.config import PretrainConfig
 
     config = load_config(PretrainConfig, args.config, args.overrides)
     schedule = config.build_schedule()
-    from ernie_style.trainer import check_batch_divides
+    from ernie_style.pretrain.trainer import check_batch_divides
 
     check_batch_divides(config, int(os.environ.get("WORLD_SIZE", "1")))
     if args.dry_run:
@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
             _resume_plan(config, schedule, args.resume)
         print(schedule.plan_table())
         return 0
+    from ernie_style.pretrain.trainer import PretrainTrainer
     from ernie_style.run_lock import locked_run
-    from ernie_style.trainer import PretrainTrainer
 
     # One run per output_dir (rank 0 holds the lock; a killed run's lock goes with it).
     with locked_run(config.output_dir, "pretrain", name_directory=True):

@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print name, task id, level, number of labels and description of every task."""
-    from ernie_style.registry import registered_tasks
+    from ernie_style.pretrain.registry import registered_tasks
     from ernie_style.tokenizer import train_wordpiece
 
     tasks = registered_tasks()

@@ -264,7 +264,7 @@ def load_tasks(
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("a fast (Rust) tokenizer is required (word_ids for token tasks)")
     if nlp is None and any(t.is_silver for t in config.tasks):
-        from ernie_style.spacy_annotator import load_pipeline
+        from ernie_style.corpus.spacy_annotator import load_pipeline
 
         nlp = load_pipeline(config.spacy_model)
     labels = {t.name: _task_labels(t, nlp) for t in config.tasks}

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ernie_style.examples import IGNORE_INDEX
+from ernie_style.pretrain.examples import IGNORE_INDEX
 
 #: Initial weight standard deviation, as `ErnieConfig.initializer_range`.
 INITIALIZER_RANGE = 0.02

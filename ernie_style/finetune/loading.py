@@ -59,7 +59,7 @@ def task_labels(task: FinetuneTask, spacy_model: str) -> list[str] | None:
         return task.label_list
     nlp: Any = None
     if task.labels == "silver:ner":
-        from ernie_style.spacy_annotator import load_pipeline
+        from ernie_style.corpus.spacy_annotator import load_pipeline
 
         nlp = load_pipeline(spacy_model)
     return silver_labels(str(task.labels), nlp)
@@ -71,7 +71,7 @@ def find_weights(run_dir: str | Path) -> Path:
     best = run_dir / "best" / "model.safetensors"
     if best.is_file():
         return best
-    from ernie_style.checkpoint import find_resumable
+    from ernie_style.train.checkpoint import find_resumable
 
     checkpoint = find_resumable(run_dir / "checkpoints")
     if checkpoint is None or not (checkpoint / "model.safetensors").is_file():

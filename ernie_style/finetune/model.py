@@ -2,7 +2,7 @@
 one head per task (MT-DNN).
 
 `forward(batch)` takes one task's batch (`task` names it) or a list of them and returns
-`TaskResult`s (task, loss, logits), the contract `ernie_style.step.StepRunner` trains with.
+`TaskResult`s (task, loss, logits), the contract `ernie_style.train.step.StepRunner` trains with.
 Ranking batches (`[Q, K, T]` query-candidate pairs) are flattened to `[Q*K, T]` for the encoder.
 """
 

@@ -19,14 +19,14 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
-from ernie_style.checkpoint import (
+from ernie_style.config import dump_yaml
+from ernie_style.train.checkpoint import (
     load_optimizer_state_by_name,
     load_tensors,
     optimizer_state_by_name,
     prune,
     writing_checkpoint,
 )
-from ernie_style.config import dump_yaml
 from ernie_style.untrusted import load_torch_file, refuse_remote_code
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """`ernie-style finetune`: MT-DNN-style multi-task fine-tuning of a released encoder.
 
 One shared encoder, one head per task, one task per step (drawn by `TaskSampler`), losses
-combined by a `ernie_style.balancing` strategy, trained through accelerate (CPU, DDP, bf16).
+combined by a `ernie_style.train.balancing` strategy, trained through accelerate (CPU, DDP, bf16).
 Every epoch (or `eval_every` steps) each task is scored on its dev split; the best model by the
 average of the tasks' main metrics is kept under `output_dir/best/`. At the end the best model
 is exported per task (`output_dir/tasks/NAME/`, stock transformers), the test splits are
@@ -21,8 +21,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ernie_style.balancing import LossBalancer, build_balancer
-from ernie_style.checkpoint import resolve_resume
 from ernie_style.config import dump_yaml
 from ernie_style.cpu_kernels import use_cpu_kernels
 from ernie_style.fileio import atomic_write, pid_alive
@@ -43,12 +41,14 @@ from ernie_style.finetune.state import (
     save_best,
     save_finetune_checkpoint,
 )
-from ernie_style.lr import lr_factor
-from ernie_style.monitor import RunLogger
 from ernie_style.precision import resolve_precision, run_device_type
-from ernie_style.run_state import decay_groups
-from ernie_style.step import StepRunner
-from ernie_style.trainer import make_accelerator, step_seed
+from ernie_style.pretrain.state import decay_groups
+from ernie_style.pretrain.trainer import make_accelerator, step_seed
+from ernie_style.train.balancing import LossBalancer, build_balancer
+from ernie_style.train.checkpoint import resolve_resume
+from ernie_style.train.lr import lr_factor
+from ernie_style.train.monitor import RunLogger
+from ernie_style.train.step import StepRunner
 
 
 class FinetuneTrainer:

@@ -10,7 +10,7 @@ import pytest
 from finetune_helpers import make_encoder_dir, shipped_tasks, step_losses, write_config
 from pretrain_helpers import child_env
 
-from ernie_style.checkpoint import list_checkpoints, verify
+from ernie_style.train.checkpoint import list_checkpoints, verify
 
 pytestmark = pytest.mark.slow
 

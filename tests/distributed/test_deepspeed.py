@@ -12,7 +12,7 @@ import sys
 import pytest
 from pretrain_helpers import ROOT, child_env, pretrain_cmd, write_config
 
-from ernie_style.checkpoint import list_checkpoints, verify
+from ernie_style.train.checkpoint import list_checkpoints, verify
 
 pytestmark = pytest.mark.slow
 ZERO2 = ROOT / "configs" / "deepspeed" / "zero2.json"

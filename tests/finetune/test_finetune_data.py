@@ -30,7 +30,7 @@ SHIPPED = ROOT / "data" / "finetune"
 
 @pytest.fixture(scope="module")
 def nlp():
-    from ernie_style.spacy_annotator import load_pipeline
+    from ernie_style.corpus.spacy_annotator import load_pipeline
 
     return load_pipeline()
 

@@ -10,7 +10,7 @@ import subprocess
 import torch
 from pretrain_helpers import child_env, pretrain_cmd, step_losses, write_config
 
-from ernie_style.checkpoint import list_checkpoints
+from ernie_style.train.checkpoint import list_checkpoints
 
 
 def run(cmd):
@@ -43,7 +43,7 @@ def test_mixed_batches_and_mlm_every_step(small_corpus, tmp_path):
     # A step trains two sampled tasks: fewer steps than iterations, and the schedule (LR,
     # curriculum progress, progress bar) counts them right.
     from ernie_style.config import load_config
-    from ernie_style.pretrain_config import PretrainConfig
+    from ernie_style.pretrain.config import PretrainConfig
 
     planned = load_config(PretrainConfig, config).build_schedule().total_steps
     assert max(by_step) + 1 == state["step"] == planned < 26
@@ -109,7 +109,7 @@ def test_gradnorm_balances_mixed_batches(small_corpus, tmp_path):
     run(pretrain_cmd(config))
     checkpoint = list_checkpoints(tmp_path / "run" / "checkpoints")[0]
     state = torch.load(checkpoint / "balancer.pt", weights_only=True)
-    from ernie_style.balancing import build_balancer
+    from ernie_style.train.balancing import build_balancer
 
     balancer = build_balancer(
         "gradnorm", ["knowledge_masking", "capitalization", "sentence_distance"]

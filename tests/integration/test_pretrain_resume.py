@@ -13,10 +13,10 @@ import torch
 from pretrain_helpers import child_env, pretrain_cmd, step_losses, write_config
 from safetensors.torch import load_file
 
-from ernie_style.checkpoint import find_resumable, list_checkpoints
 from ernie_style.config import load_config
 from ernie_style.precision import resolve_precision
-from ernie_style.pretrain_config import PretrainConfig
+from ernie_style.pretrain.config import PretrainConfig
+from ernie_style.train.checkpoint import find_resumable, list_checkpoints
 
 TOTAL_STEPS = 26  # 12 + 8 + 6
 
@@ -99,8 +99,8 @@ def test_building_in_the_training_process_gives_the_same_run(reference_run, smal
 def test_resume_with_a_new_task_keeps_weights_optimizer_and_history(
     reference_run, small_corpus, tmp_path
 ):
-    from ernie_style.checkpoint import load_torch
-    from ernie_style.run_state import build_run_state, load_checkpoint
+    from ernie_style.pretrain.state import build_run_state, load_checkpoint
+    from ernie_style.train.checkpoint import load_torch
 
     run_dir = shutil.copytree(reference_run, tmp_path / "run")  # the fixture stays as it is
     checkpoint = list_checkpoints(run_dir / "checkpoints")[0]
@@ -236,7 +236,7 @@ def test_export_loads_with_stock_transformers_and_matches(reference_run, tmp_pat
 
 
 def test_nonfinite_losses_stop_the_run_with_a_checkpoint(small_corpus, tmp_path, monkeypatch):
-    from ernie_style.trainer import NonFiniteLossError, PretrainTrainer
+    from ernie_style.pretrain.trainer import NonFiniteLossError, PretrainTrainer
     from pretrain_tasks.capitalization import Capitalization
 
     config = load_config(

@@ -26,10 +26,10 @@ with atheris.instrument_imports(include=["ernie_style"]):
     from ernie_style.active_learning.loop import read_batch
     from ernie_style.active_learning.pool import TaskSpec
     from ernie_style.config import load_config
+    from ernie_style.corpus.readers import open_sources, read_documents
     from ernie_style.finetune.config import FinetuneConfig
     from ernie_style.finetune.readers import DataError
-    from ernie_style.pretrain_config import PretrainConfig
-    from ernie_style.readers import open_sources, read_documents
+    from ernie_style.pretrain.config import PretrainConfig
 
 SPECS = {
     "ner": TaskSpec("ner", "token_classification", ["O", "B-X", "I-X"], ["words"], "tags"),

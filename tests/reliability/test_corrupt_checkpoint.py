@@ -12,7 +12,7 @@ from pretrain_helpers import child_env, pretrain_cmd
 from reliability_helpers import pretrain_config
 from safetensors.torch import load_file
 
-from ernie_style.checkpoint import list_checkpoints, verify
+from ernie_style.train.checkpoint import list_checkpoints, verify
 
 
 def test_corrupt_checkpoints_are_skipped_and_the_run_still_ends_identical(small_corpus, tmp_path):

@@ -28,10 +28,10 @@ from ernie_style.active_learning.loop import ingest, read_batch
 from ernie_style.active_learning.pool import TaskSpec, read_pool
 from ernie_style.active_learning.simulate import SimulationConfig
 from ernie_style.config import load_config
+from ernie_style.corpus.readers import FieldNames, open_sources, read_documents
 from ernie_style.finetune.config import FinetuneConfig
 from ernie_style.finetune.readers import DataError
-from ernie_style.pretrain_config import PretrainConfig
-from ernie_style.readers import FieldNames, open_sources, read_documents
+from ernie_style.pretrain.config import PretrainConfig
 
 #: Examples per property; raise it for a longer hunt (`ERNIE_STYLE_FUZZ_EXAMPLES=5000`).
 EXAMPLES = int(os.environ.get("ERNIE_STYLE_FUZZ_EXAMPLES", "120"))

@@ -12,14 +12,14 @@ import pytest
 from pretrain_helpers import child_env, pretrain_cmd, write_config
 from transformers import AutoModel
 
-from ernie_style.export import export_release
 from ernie_style.fileio import atomic_dir, sweep_stale_dirs
+from ernie_style.pretrain.export import export_release
 
 pytestmark = pytest.mark.slow
 
 KILLER = """
 import os, signal, sys
-import ernie_style.export as export
+import ernie_style.pretrain.export as export
 import ernie_style.fileio as fileio
 
 def die(*args, **kwargs):

@@ -22,14 +22,14 @@ import pytest
 import torch
 from pretrain_helpers import child_env, pretrain_cmd, write_config
 
-from ernie_style.checkpoint import (
+from ernie_style.run_lock import LOCK_FILE, RunLock, RunLockedError, locked_run
+from ernie_style.train.checkpoint import (
     CheckpointWriteError,
     find_resumable,
     list_checkpoints,
     verify,
     writing_checkpoint,
 )
-from ernie_style.run_lock import LOCK_FILE, RunLock, RunLockedError, locked_run
 
 ERROR = "ernie-style: error:"
 #: Above every log file of the tiny run, below its model.safetensors (about 2.7 MB).

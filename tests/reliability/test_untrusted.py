@@ -21,15 +21,15 @@ from pretrain_helpers import ROOT, child_env, pretrain_cmd, write_config
 from safetensors.torch import save_file
 from transformers import AutoConfig, ErnieConfig, ErnieModel
 
-from ernie_style.checkpoint import MANIFEST, list_checkpoints, verify, write_manifest
 from ernie_style.cli import main as cli_main
 from ernie_style.config import load_config
 from ernie_style.finetune.config import FinetuneConfig
 from ernie_style.finetune.loading import load_finetuned
 from ernie_style.finetune.model import load_encoder
 from ernie_style.finetune.state import load_finetune_checkpoint, load_finetune_tokenizer
-from ernie_style.pretrain_config import PretrainConfig
+from ernie_style.pretrain.config import PretrainConfig
 from ernie_style.tokenizer import load_tokenizer, train_wordpiece
+from ernie_style.train.checkpoint import MANIFEST, list_checkpoints, verify, write_manifest
 from ernie_style.untrusted import UnsafeFileError, load_torch_file, refuse_remote_code
 
 PACKAGE = ROOT / "ernie_style"
@@ -311,7 +311,7 @@ def _keyword(call: ast.Call, name: str) -> object:
 
 def test_every_torch_load_is_weights_only():
     loads = [(where, c) for where, c in _package_calls() if _name(c.func) == "torch.load"]
-    assert loads, "expected the torch.load in ernie_style/checkpoint.py"
+    assert loads, "expected the torch.load in ernie_style/train/checkpoint.py"
     assert [where for where, c in loads if _keyword(c, "weights_only") is not True] == []
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ernie_style.annotate import document_from_sentences
-from ernie_style.examples import IGNORE_INDEX, CorpusContext, TokenizedDocument
+from ernie_style.corpus.annotate import document_from_sentences
+from ernie_style.pretrain.examples import IGNORE_INDEX, CorpusContext, TokenizedDocument
 from ernie_style.tokenizer import train_wordpiece
 from pretrain_tasks.capitalization import Capitalization, capitalization_label, keeps_case
 

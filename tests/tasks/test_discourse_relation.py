@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from model_helpers import tiny_backbone
 
-from ernie_style.annotate import RawDocument, RegexAnnotator, document_from_sentences
-from ernie_style.examples import CorpusContext, collate
-from ernie_style.pair_files import tokenize_text
+from ernie_style.corpus.annotate import RawDocument, RegexAnnotator, document_from_sentences
+from ernie_style.pretrain.examples import CorpusContext, collate
 from pretrain_tasks.discourse_relation import DISCOURSE_MARKERS, DiscourseRelation, match_marker
+from pretrain_tasks.pair_files import tokenize_text
 
 
 def segments(example) -> tuple[list[int], list[int]]:

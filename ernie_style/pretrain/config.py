@@ -1,0 +1,191 @@
+"""The `pretrain` run config. Each field's help text is its documentation; shipped YAML files in
+configs/pretrain/ are validated against it by a test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ernie_style.config import option
+from ernie_style.defaults import Precision
+from ernie_style.pretrain.model import MODEL_PRESETS
+from ernie_style.pretrain.schedule import ContinualSchedule, auto_allocation, explicit_allocation
+
+
+@dataclass
+class ModelSection:
+    """Encoder architecture."""
+
+    preset: str = option("tiny", "encoder size: micro (tests) | tiny | small | base | large")
+    init_from: str | None = option(None, "local HF encoder directory or release to start from")
+    max_position_embeddings: int = option(512, "longest sequence the position table holds")
+    dropout: float = option(0.1, "hidden and attention dropout")
+    attn_implementation: str = option(
+        "auto", "attention kernel: auto (ernie_cpu on CPU, sdpa on GPU) | sdpa | eager | ernie_cpu"
+    )
+    pack_sequences: bool = option(
+        True, "pack short examples into shared rows (block-diagonal attention), no padding work"
+    )
+
+    def validate(self) -> None:
+        """Check the preset name and ranges."""
+        if self.preset not in MODEL_PRESETS:
+            raise ValueError(f"model.preset {self.preset!r} is not one of {list(MODEL_PRESETS)}")
+        if self.attn_implementation not in ("auto", "sdpa", "eager", "ernie_cpu"):
+            raise ValueError(
+                f"model.attn_implementation {self.attn_implementation!r} is not one of "
+                "auto, sdpa, eager, ernie_cpu"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class DataSection:
+    """Where examples come from."""
+
+    corpus: str = option("", "output directory of `ernie-style prepare`")
+    tokenizer: str | None = option(None, "HF tokenizer directory (default: CORPUS/tokenizer)")
+    max_seq_len: int = option(128, "tokens per example, special tokens included")
+    heldout_documents: int = option(8, "documents kept out of training for held-out evaluation")
+    index_dir: str | None = option(
+        None,
+        "where token tables and task indexes (BM25) are built once and memory-mapped "
+        "(default: CORPUS/indexes; may be shared storage)",
+    )
+    num_workers: int = option(
+        1,
+        "loader worker processes per training process building its share of each step (0 = "
+        "in the training process; 0 and 1 give the same batches)",
+    )
+    prefetch_factor: int = option(4, "steps each loader worker builds ahead")
+
+    def validate(self) -> None:
+        """Check ranges."""
+        if not self.corpus:
+            raise ValueError("data.corpus is required (a directory written by `prepare`)")
+        if self.max_seq_len < 16:
+            raise ValueError(f"data.max_seq_len must be >= 16, got {self.max_seq_len}")
+        if self.heldout_documents < 0:
+            raise ValueError("data.heldout_documents must be >= 0")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.prefetch_factor < 1:
+            raise ValueError(f"data.prefetch_factor must be >= 1, got {self.prefetch_factor}")
+
+
+@dataclass
+class TaskSection:
+    """One task of the run."""
+
+    budget: int = option(0, "iterations (steps) this task trains over the whole run")
+    first_stage: int | None = option(None, "stage (1-based) the task joins; default: its order")
+    allocation: list[int] | None = option(None, "explicit iterations per stage (replaces auto)")
+    options: dict[str, Any] = option({}, "task-specific options (see `ernie-style tasks`)")
+
+
+@dataclass
+class ScheduleSection:
+    """How tasks are introduced and sampled."""
+
+    mixed_batches: bool = option(False, "several tasks per step (each a sub-batch) instead of one")
+    tasks_per_step: int = option(2, "with mixed_batches: tasks sampled per step")
+    mlm_every_step: bool = option(False, "add a knowledge-masking batch to every step")
+    restart_warmup_each_stage: bool = option(True, "LR warm-up and decay restart at each stage")
+
+
+@dataclass
+class OptimSection:
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = option(5e-4, "peak learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")
+    betas: list[float] = option([0.9, 0.98], "AdamW betas")
+    eps: float = option(1e-6, "AdamW epsilon")
+    warmup_steps: int = option(100, "linear warm-up steps (per stage when restarted)")
+    lr_schedule: Literal["linear", "cosine", "constant"] = option("linear", "decay after warm-up")
+    grad_accum_steps: int = option(1, "micro-batches per optimizer step")
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)")
+
+
+@dataclass
+class PretrainConfig:
+    """A continual multi-task pretraining run."""
+
+    output_dir: str = option("runs/pretrain", "run directory: checkpoints, logs, plots")
+    seed: int = option(0, "seed for data order, task sampling, masking and dropout")
+    batch_size: int = option(32, "global batch size (examples per step over all processes)")
+    precision: Precision = option(
+        "auto",
+        "auto (bf16 where native, else fp32) | bf16 | fp16 (GPU) | fp32 (alias: no)",
+    )
+    model: ModelSection = option(default_factory=ModelSection, help="encoder")
+    data: DataSection = option(default_factory=DataSection, help="corpus and tokenizer")
+    tasks: dict[str, TaskSection] = option({}, "task name -> budget/options, in order of entry")
+    schedule: ScheduleSection = option(default_factory=ScheduleSection, help="task schedule")
+    optim: OptimSection = option(default_factory=OptimSection, help="optimizer")
+    checkpoint_every: int = option(500, "save a checkpoint every N steps (and at stage ends)")
+    keep_checkpoints: int = option(3, "how many recent checkpoints to keep")
+    eval_every: int = option(200, "held-out evaluation every N steps (and at stage ends)")
+    eval_batches: int = option(2, "held-out batches per task per evaluation")
+    log_every: int = option(10, "TensorBoard/progress-bar update interval in steps")
+    max_nonfinite_steps: int = option(5, "stop after this many NaN/inf losses in a row")
+    num_workers_threads: int = option(0, "torch intra-op threads (0 = torch default)")
+    balancing: str = option(
+        "equal", "loss balancing across tasks: equal|fixed|uncertainty|dwa|gradnorm|dtp"
+    )
+    balancing_options: dict[str, Any] = option(
+        {},
+        "options of the balancing strategy (docs/loss_balancing.md); dwa windows and dtp "
+        "KPIs (held-out accuracy) follow eval_every",
+    )
+    deepspeed: str | None = option(
+        None, "DeepSpeed JSON for torchrun launches (accelerate launches name it in their config)"
+    )
+
+    def validate(self) -> None:
+        """Checks that need several fields; task names are checked against the registry."""
+        from ernie_style.pretrain.registry import registered_tasks
+
+        if not self.tasks:
+            raise ValueError("tasks: at least one task is required")
+        registered = registered_tasks()
+        for name, section in self.tasks.items():
+            if name not in registered:
+                raise ValueError(
+                    f"tasks.{name}: unknown task; registered tasks: {', '.join(registered)}"
+                )
+            if section.allocation is None and section.budget <= 0:
+                raise ValueError(f"tasks.{name}.budget must be > 0, got {section.budget}")
+            if section.allocation is not None and (
+                any(n < 0 for n in section.allocation) or sum(section.allocation) <= 0
+            ):
+                raise ValueError(f"tasks.{name}.allocation must be >= 0 with a positive total")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
+        if self.optim.grad_accum_steps <= 0:
+            raise ValueError("optim.grad_accum_steps must be > 0")
+        from ernie_style.train.balancing import check_options
+
+        try:
+            check_options(self.balancing, self.balancing_options)
+        except ValueError as error:
+            raise ValueError(f"balancing: {error}") from error
+        if self.schedule.mlm_every_step and "knowledge_masking" not in self.tasks:
+            raise ValueError("schedule.mlm_every_step needs knowledge_masking in tasks")
+
+    def build_schedule(self) -> ContinualSchedule:
+        """The stage plan: explicit allocations if any task gives one, else ERNIE's auto."""
+        per_step = self.schedule.tasks_per_step if self.schedule.mixed_batches else 1
+        explicit = {n: s.allocation for n, s in self.tasks.items() if s.allocation is not None}
+        if explicit:
+            if len(explicit) != len(self.tasks):
+                missing = sorted(set(self.tasks) - set(explicit))
+                raise ValueError(f"tasks {missing}: give an allocation to every task or to none")
+            return ContinualSchedule(explicit_allocation(explicit), self.seed, per_step)
+        first = {}
+        for order, (name, section) in enumerate(self.tasks.items()):
+            first[name] = (section.first_stage - 1) if section.first_stage else order
+        num_stages = max(first.values()) + 1
+        budgets = {name: s.budget for name, s in self.tasks.items()}
+        return ContinualSchedule(auto_allocation(budgets, first, num_stages), self.seed, per_step)

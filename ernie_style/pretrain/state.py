@@ -1,0 +1,387 @@
+"""Everything a pretraining run holds, built from its config, and its checkpoint save/load.
+
+Resuming with newly added tasks: the checkpoint's weights load into a model that also has the
+new heads (the only keys allowed to be missing), AdamW state is restored by parameter name (new
+parameters start with none), and the schedule keeps the stages the checkpoint had started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import ErnieModel
+
+from ernie_style.config import dump_yaml
+from ernie_style.corpus.document import DocumentSequence
+from ernie_style.corpus.index import index_root
+from ernie_style.cpu_kernels import CPU_ATTENTION, resolve_attention, use_cpu_kernels
+from ernie_style.pretrain.config import PretrainConfig
+from ernie_style.pretrain.examples import CorpusContext, collate
+from ernie_style.pretrain.loader import DataStreams, StepLayout, gather_from_ranks
+from ernie_style.pretrain.model import ErniePretrainingModel, build_backbone_config, load_backbone
+from ernie_style.pretrain.registry import PretrainTask, get_task
+from ernie_style.pretrain.schedule import ContinualSchedule
+from ernie_style.pretrain.stream import TaskExampleStream
+from ernie_style.tokenizer import load_tokenizer
+from ernie_style.train.balancing import LossBalancer
+from ernie_style.train.checkpoint import (
+    load_optimizer_state_by_name,
+    load_tensors,
+    optimizer_state_by_name,
+    prune,
+    writing_checkpoint,
+)
+from ernie_style.train.deepspeed_support import gather_full_state, is_deepspeed_engine
+from ernie_style.untrusted import load_torch_file
+
+#: Backbone config fields that must match between a checkpoint and the run resuming it.
+ARCHITECTURE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "task_type_vocab_size",
+)
+
+
+@dataclass
+class RunState:
+    """The mutable state of a run (model and optimizer are the unwrapped originals)."""
+
+    tokenizer: Any
+    train_corpus: CorpusContext
+    heldout_corpus: CorpusContext | None
+    tasks: dict[str, PretrainTask]
+    schedule: ContinualSchedule
+    model: ErniePretrainingModel
+    optimizer: torch.optim.Optimizer
+    #: This process's task streams (one per task and loader slot) and their positions.
+    streams: DataStreams
+    seed: int
+    nonfinite_in_a_row: int = 0
+    nonfinite_total: int = 0
+    tokens_seen: int = 0
+    #: Loss balancing across the step's tasks (`ernie_style.train.balancing`); set by the trainer.
+    balancer: LossBalancer | None = None
+    #: The precision the run computes in (`PrecisionChoice.to_dict()`); set by the trainer and
+    #: recorded in every checkpoint and release.
+    precision: dict[str, str] = field(default_factory=dict)
+    #: Set by `load_checkpoint` when the data streams were re-sharded (elastic resume).
+    data_message: str | None = None
+    _heldout: dict[str, list[dict]] = field(default_factory=dict)
+
+    @property
+    def pad_id(self) -> int:
+        """Padding token id."""
+        return int(self.tokenizer.pad_token_id)
+
+    def schedule_tasks_seen(self, stage: int) -> list[str]:
+        """Tasks introduced in stages 0..stage."""
+        stages = self.schedule.stages[: stage + 1]
+        return [t for t in self.schedule.tasks if any(t in s for s in stages)]
+
+    def heldout_batches(self, task: str, n_batches: int, batch_size: int) -> list[dict]:
+        """Fixed held-out batches of a task (built once from the held-out documents)."""
+        if task not in self._heldout:
+            batches = []
+            if self.heldout_corpus is not None:
+                stream = TaskExampleStream(self.tasks[task], self.heldout_corpus, seed=12345)
+                try:
+                    examples = stream.take(n_batches * batch_size)
+                    batches = [
+                        collate(examples[i : i + batch_size], self.pad_id)
+                        for i in range(0, len(examples), batch_size)
+                    ]
+                except ValueError:
+                    batches = []  # the held-out documents are too short for this task
+            self._heldout[task] = batches
+        return self._heldout[task]
+
+
+def build_run_state(
+    config: PretrainConfig,
+    device_type: str = "cpu",
+    fused_optimizer: bool = False,
+    rank: int = 0,
+    world: int = 1,
+) -> RunState:
+    """Tokenizer, corpus split, tasks, schedule, model and optimizer for a fresh run.
+
+    `device_type` picks the attention kernel for `model.attn_implementation: auto`;
+    `fused_optimizer` selects torch's fused AdamW (not for DeepSpeed, which wraps the optimizer);
+    `rank`/`world` pick this process's data shards.
+    """
+    from ernie_style.corpus.prepared import load_corpus
+
+    tokenizer = load_tokenizer(config.data.tokenizer or Path(config.data.corpus) / "tokenizer")
+    dataset = load_corpus(config.data.corpus)
+    n_heldout = min(config.data.heldout_documents, max(len(dataset) - 1, 0))
+    train_docs = DocumentSequence(dataset.select(range(len(dataset) - n_heldout)))
+    heldout_docs = DocumentSequence(dataset.select(range(len(dataset) - n_heldout, len(dataset))))
+    root = index_root(Path(config.data.corpus), config.data.index_dir)
+    n_train = len(dataset) - n_heldout
+    train_corpus = CorpusContext(train_docs, tokenizer, index_root=root)
+    heldout = (
+        CorpusContext(
+            heldout_docs,
+            tokenizer,
+            index_root=root,
+            first_document=n_train,
+            draw_from=train_corpus,
+        )
+        if n_heldout
+        else None
+    )
+    tasks = {
+        name: get_task(name)(tokenizer, max_seq_len=config.data.max_seq_len, config=s.options)
+        for name, s in config.tasks.items()
+    }
+    # Corpus-level structures: built once on disk (a new task's on first use), then mapped.
+    train_corpus.token_table()
+    for task in tasks.values():
+        task.prepare(train_corpus)
+    schedule = config.build_schedule()
+    backbone = _build_backbone(config, tokenizer)
+    attention = resolve_attention(config.model.attn_implementation, device_type)
+    if attention == CPU_ATTENTION:
+        use_cpu_kernels(backbone)
+    else:
+        backbone.config._attn_implementation = attention
+    model = ErniePretrainingModel(backbone, tasks, pack_sequences=config.model.pack_sequences)
+    return RunState(
+        tokenizer=tokenizer,
+        train_corpus=train_corpus,
+        heldout_corpus=heldout,
+        tasks=tasks,
+        schedule=schedule,
+        model=model,
+        optimizer=build_optimizer(model, config, fused=fused_optimizer),
+        streams=DataStreams(tasks, train_corpus, config.seed, step_layout(config, rank, world)),
+        seed=config.seed,
+    )
+
+
+def _build_backbone(config: PretrainConfig, tokenizer: Any) -> ErnieModel:
+    if config.model.init_from:
+        backbone = load_backbone(config.model.init_from)
+        if backbone.config.vocab_size != len(tokenizer):
+            raise ValueError(
+                f"model.init_from {config.model.init_from}: vocabulary {backbone.config.vocab_size}"
+                f" does not match the tokenizer ({len(tokenizer)})"
+            )
+        return backbone
+    torch.manual_seed(config.seed)
+    backbone_config = build_backbone_config(
+        config.model.preset,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=config.model.max_position_embeddings,
+        hidden_dropout_prob=config.model.dropout,
+        attention_probs_dropout_prob=config.model.dropout,
+    )
+    return ErnieModel(backbone_config)
+
+
+def step_layout(config: PretrainConfig, rank: int = 0, world: int = 1) -> StepLayout:
+    """How the config's steps split over tasks, processes, micro-batches and loader slots."""
+    mixed = config.schedule.mixed_batches
+    return StepLayout(
+        batch_size=config.batch_size,
+        tasks_per_step=config.schedule.tasks_per_step if mixed else 1,
+        mlm_every_step=config.schedule.mlm_every_step,
+        grad_accum_steps=config.optim.grad_accum_steps,
+        rank=rank,
+        world=world,
+        num_workers=config.data.num_workers,
+    )
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: weight decay on weight matrices, none on biases and LayerNorm."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.dim() < 2 else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(
+    model: torch.nn.Module, config: PretrainConfig, fused: bool = False
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only (not biases, LayerNorm, embeddings'
+    LayerNorm); `fused` uses torch's single-kernel implementation."""
+    groups = decay_groups(model, config.optim.weight_decay)
+    o = config.optim
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)
+
+
+def _param_names(
+    model: torch.nn.Module, balancer: LossBalancer | None = None
+) -> dict[torch.nn.Parameter, str]:
+    """Parameter -> checkpoint name (the balancer's own parameters as `balancer.*`)."""
+    names = {p: n for n, p in model.named_parameters()}
+    if balancer is not None:
+        names |= {p: f"balancer.{n}" for n, p in balancer.named_parameters()}
+    return names
+
+
+def save_checkpoint(
+    state: RunState, accelerator: Any, model: Any, optimizer: Any, config: PretrainConfig
+) -> Path:
+    """Write `output_dir/checkpoints/step-N` (main process) and prune old ones."""
+    root = Path(config.output_dir) / "checkpoints"
+    step = state.schedule.step
+    accelerator.wait_for_everyone()
+    positions = state.streams.state_dict(gather_from_ranks)  # a collective: every rank
+    path = root / f"step-{step:08d}"
+    if is_deepspeed_engine(model):
+        # ZeRO shards weights/moments: gather them per name (a collective, on every rank).
+        weights, optimizer_state = gather_full_state(model)
+        unwrapped = model.module
+    else:
+        unwrapped = accelerator.unwrap_model(model)
+        weights = unwrapped.state_dict()
+        optimizer_state = optimizer_state_by_name(
+            state.optimizer, _param_names(unwrapped, state.balancer)
+        )
+    if accelerator.is_main_process:
+        # A failed write (disk full...) removes the temp dir and raises CheckpointWriteError.
+        with writing_checkpoint(root, step) as writer:
+            writer.save_tensors("model.safetensors", weights)
+            writer.save_torch("optimizer.pt", optimizer_state)
+            if state.balancer is not None:
+                writer.save_torch("balancer.pt", state.balancer.state_dict())
+            writer.save_tensors("rng_state.safetensors", {"torch": torch.get_rng_state()})
+            writer.save_json("trainer_state.json", _trainer_state(state, accelerator, positions))
+            writer.save_text("config.yaml", dump_yaml(config))
+            state.tokenizer.save_pretrained(str(writer.tmp / "tokenizer"))
+            writer.save_json("backbone_config.json", unwrapped.backbone.config.to_dict())
+            path = writer.commit({"step": step})
+        prune(root, config.keep_checkpoints)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _trainer_state(
+    state: RunState, accelerator: Any, stream_positions: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "step": state.schedule.step,
+        "schedule": state.schedule.state_dict(),
+        "streams": stream_positions,
+        "tasks": {name: t.task_id for name, t in state.tasks.items()},
+        "tokenizer_fingerprint": tokenizer_fingerprint(state.tokenizer),
+        "nonfinite_total": state.nonfinite_total,
+        "tokens_seen": state.tokens_seen,
+        "nonfinite_in_a_row": state.nonfinite_in_a_row,
+        "num_processes": accelerator.num_processes,
+        "precision": state.precision,
+    }
+
+
+def load_checkpoint(state: RunState, checkpoint: Path, config: PretrainConfig) -> list[str]:
+    """Restore a checkpoint into a freshly built state; returns the tasks new to this run."""
+    trainer_state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    backbone_config = json.loads((checkpoint / "backbone_config.json").read_text(encoding="utf-8"))
+    _check_compatible(
+        state, checkpoint, backbone_config, trainer_state.get("tokenizer_fingerprint")
+    )
+    weights = load_tensors(checkpoint / "model.safetensors")
+    new_tasks = _load_model_weights(state, weights, set(trainer_state["tasks"]), checkpoint)
+    saved_optimizer = load_torch_file(checkpoint / "optimizer.pt")
+    params = {n: p for p, n in _param_names(state.model, state.balancer).items()}
+    load_optimizer_state_by_name(state.optimizer, saved_optimizer, params)
+    if state.balancer is not None and (checkpoint / "balancer.pt").is_file():
+        state.balancer.load_state_dict(load_torch_file(checkpoint / "balancer.pt"))
+    state.schedule.load_state_dict(trainer_state["schedule"])
+    state.data_message = state.streams.load_state_dict(trainer_state["streams"])
+    state.nonfinite_total = int(trainer_state.get("nonfinite_total", 0))
+    state.tokens_seen = int(trainer_state.get("tokens_seen", 0))
+    torch.set_rng_state(load_tensors(checkpoint / "rng_state.safetensors")["torch"])
+    return new_tasks
+
+
+def load_full_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A checkpoint's weights and by-name optimizer state (safetensors / weights_only)."""
+    optimizer_state = load_torch_file(checkpoint / "optimizer.pt")
+    return load_tensors(checkpoint / "model.safetensors"), optimizer_state
+
+
+def _check_compatible(
+    state: RunState, source: Path, saved_config: dict[str, Any], saved_tokenizer: str | None
+) -> None:
+    """Refuse a checkpoint or release whose model size or tokenizer differs from the run's."""
+    current = state.model.backbone.config.to_dict()
+    diffs = {
+        k: (saved_config.get(k), current.get(k))
+        for k in ARCHITECTURE_KEYS
+        if saved_config.get(k) != current.get(k)
+    }
+    if diffs:
+        detail = ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diffs.items())
+        raise ValueError(f"{source}: model size does not match the config ({detail})")
+    if saved_tokenizer != tokenizer_fingerprint(state.tokenizer):
+        raise ValueError(
+            f"{source}: its tokenizer differs from the configured one "
+            f"(vocabulary fingerprint mismatch; vocabulary size now {len(state.tokenizer)})"
+        )
+
+
+def _load_model_weights(
+    state: RunState, weights: dict[str, torch.Tensor], old_tasks: set[str], source: Path
+) -> list[str]:
+    """Load weights; only the heads of tasks new to this run may be missing. Returns them."""
+    new_tasks = [t for t in state.tasks if t not in old_tasks]
+    missing, unexpected = state.model.load_state_dict(weights, strict=False)
+    allowed = tuple(f"heads.{t}." for t in new_tasks)
+    bad_missing = [k for k in missing if not k.startswith(allowed)]
+    if bad_missing or unexpected:
+        raise ValueError(
+            f"{source}: weights do not fit this config (missing {bad_missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
+    return new_tasks
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of the vocabulary (token -> id) and lower-casing setting."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    lowercase = bool(getattr(tokenizer, "do_lower_case", False))
+    return hashlib.sha256(json.dumps([lowercase, vocab]).encode("utf-8")).hexdigest()
+
+
+def load_release(state: RunState, release: Path) -> list[str]:
+    """Continue pretraining from a release: encoder weights, the heads of tasks the release
+    trained, and its schedule history. AdamW starts fresh (releases carry no optimizer state)
+    and data streams start from the beginning of the corpus. Returns the tasks new to this run.
+    """
+    from ernie_style.pretrain.export import HEADS_FILE, RELEASE_MARKER
+
+    info = json.loads((release / RELEASE_MARKER).read_text(encoding="utf-8"))
+    from ernie_style.tokenizer import load_tokenizer
+
+    saved_config = json.loads((release / "config.json").read_text(encoding="utf-8"))
+    _check_compatible(state, release, saved_config, tokenizer_fingerprint(load_tokenizer(release)))
+    encoder = load_tensors(release / "model.safetensors")
+    weights = {
+        "backbone." + k.removeprefix("ernie."): v
+        for k, v in encoder.items()
+        if k.startswith("ernie.")
+    }
+    heads = load_tensors(release / HEADS_FILE)
+    weights |= {k: v for k, v in heads.items() if k.split(".")[1] in state.tasks}
+    new_tasks = _load_model_weights(state, weights, set(info["tasks"]), release)
+    state.schedule.load_state_dict(info["schedule"])
+    state.tokens_seen = int(info.get("tokens_seen", 0))
+    return new_tasks

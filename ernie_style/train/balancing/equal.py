@@ -1,0 +1,17 @@
+"""`equal`: every task has weight 1, so the total is the plain sum of the step's losses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ernie_style.train.balancing.base import LossBalancer, Reduce
+
+
+class EqualBalancer(LossBalancer):
+    """Weight 1 for every task; no options, no state."""
+
+    name = "equal"
+
+    def __init__(self, tasks: Sequence[str], reduce: Reduce | None = None) -> None:
+        super().__init__(reduce)
+        self._add_tasks(tasks)
