@@ -36,9 +36,10 @@ class RunLogger:
                 self._tb.add_scalar(key, value, step)
 
     def train_losses(self, step: int, stage: int, losses: Mapping[str, float]) -> None:
-        """Append per-task training losses of one step to train_loss.csv."""
+        """Append per-task training losses of one step to train_loss.csv (full precision: the
+        shortest text that reads back as the same float, so logs compare bit for bit)."""
         if self.enabled:
-            rows = [[step, stage, task, f"{loss:.6f}", ""] for task, loss in losses.items()]
+            rows = [[step, stage, task, repr(float(loss)), ""] for task, loss in losses.items()]
             _append_csv(self.run_dir / TRAIN_CSV, rows)
 
     def heldout(self, step: int, stage: int, results: Mapping[str, Mapping[str, float]]) -> None:
@@ -48,7 +49,7 @@ class RunLogger:
         if not self.enabled:
             return
         rows = [
-            [step, stage, task, f"{r['loss']:.6f}", f"{r['accuracy']:.6f}", f"{r['majority']:.6f}"]
+            [step, stage, task, *(repr(float(r[key])) for key in ("loss", "accuracy", "majority"))]
             for task, r in results.items()
         ]
         _append_csv(self.run_dir / HELDOUT_CSV, rows, _HELDOUT_FIELDS)
