@@ -18,7 +18,6 @@ Printed: example-task pairs per second of each and the ratio (a)/(b) (target >= 
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,19 +31,16 @@ from _timing import ForeignLoad, precision_header
 from ernie_style.precision import autocast
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 EXAMPLE = ROOT / "data" / "active_learning" / "wnut16"
 BATCH = 32
 
 
 def train_model(workdir: Path) -> object:
     """A briefly fine-tuned two-task model (returns the trainer)."""
-    from finetune_helpers import make_encoder_dir
-
     from ernie_style.config import load_config
     from ernie_style.finetune.config import FinetuneConfig
     from ernie_style.finetune.trainer import FinetuneTrainer
+    from ernie_style.testing.finetune import make_encoder_dir
 
     sizes = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4}
     encoder = make_encoder_dir(workdir / "encoder", vocab_size=8000, **sizes)

@@ -141,7 +141,6 @@ STARTUP = """
 import resource, sys, time, warnings
 warnings.filterwarnings("ignore")
 start = time.perf_counter()
-sys.path.insert(0, sys.argv[2])
 from pathlib import Path
 from data_throughput import context, seven_tasks
 from ernie_style.pretrain.loader import DataStreams, StepLayout
@@ -168,7 +167,8 @@ def startup(corpus_dir: Path) -> tuple[float, float, float]:
     runs = []
     for _ in range(3):  # a start-up is half a second: the median of three fresh processes
         out = subprocess.run(
-            [sys.executable, "-c", STARTUP, str(corpus_dir), str(Path(__file__).parent)],
+            [sys.executable, "-c", STARTUP, str(corpus_dir.resolve())],
+            cwd=Path(__file__).parent,  # `-c` imports from the working directory
             check=True,
             capture_output=True,
             text=True,

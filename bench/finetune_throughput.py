@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,15 +39,13 @@ from _results import record
 from _timing import ForeignLoad, precision_header
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 BATCH = 32
 
 
 def make_encoder(workdir: Path) -> Path:
     """The `small` encoder + tokenizer, saved locally."""
-    from finetune_helpers import make_encoder_dir
+    from ernie_style.testing.finetune import make_encoder_dir
 
     sizes = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4}
     return make_encoder_dir(workdir / "encoder", vocab_size=8000, **sizes)
@@ -56,7 +53,7 @@ def make_encoder(workdir: Path) -> Path:
 
 def write_config(workdir: Path, encoder: Path, names: list[str], balancing: str) -> Path:
     """A fine-tuning config over shipped tasks, in the shipped default precision (auto)."""
-    from finetune_helpers import shipped_tasks
+    from ernie_style.testing.finetune import shipped_tasks
 
     data = {
         "output_dir": str(workdir / f"run-{balancing}-{len(names)}"),

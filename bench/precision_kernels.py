@@ -50,7 +50,6 @@ from _results import record  # noqa: E402
 from _timing import precision_header  # noqa: E402
 from torch import nn  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
 from ernie_style.cpu_kernels import cpu_attention, fast_dropout, use_cpu_kernels  # noqa: E402
 from ernie_style.pretrain.losses import _ChunkedCrossEntropy  # noqa: E402
 from ernie_style.pretrain.model import ErniePretrainingModel, build_backbone_config  # noqa: E402

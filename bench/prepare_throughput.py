@@ -17,17 +17,15 @@ import argparse
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _results import record
+
+from ernie_style.corpus.prepare import PrepareConfig  # no torch, safe in spawned workers
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from _results import record  # noqa: E402
-
-from ernie_style.corpus.prepare import PrepareConfig  # noqa: E402  (no torch, safe in spawned workers)
 
 
 def plain_pipe(texts: list[str], model: str, batch_size: int | None = None) -> float:

@@ -73,7 +73,6 @@ from _timing import ForeignLoad, matmul_peak, precision_header, wait_for_quiet
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample_corpus" / "wiki_sample.jsonl"
-sys.path.insert(0, str(ROOT))
 
 # The run config of the issue.
 HIDDEN, LAYERS, HEADS, INTERMEDIATE, VOCAB = 512, 4, 8, 2048, 30522

@@ -85,6 +85,6 @@ def wiki_tokenizer(wiki_documents):
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory):
     """A small prepared corpus (20 sample articles, regex-annotated, 1500-token vocabulary)."""
-    from pretrain_helpers import make_small_corpus
+    from ernie_style.testing.pretrain import make_small_corpus
 
     return make_small_corpus(tmp_path_factory.mktemp("corpus"))

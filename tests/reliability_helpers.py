@@ -501,7 +501,7 @@ PRETRAIN_STEPS = 14
 
 def pretrain_config(path: Path, corpus: Path, output: Path) -> Path:
     """The tiny pretraining config every pretrain trial runs."""
-    from pretrain_helpers import write_config
+    from ernie_style.testing.pretrain import write_config
 
     return write_config(
         path, corpus, output, tasks=PRETRAIN_TASKS, checkpoint_every=3, keep_checkpoints=3,
@@ -622,7 +622,7 @@ def pretrain_trial(
     if differ:
         trial.problems.append(f"{len(differ)} tensors differ from the reference: {differ[:3]}")
         trial.data_lost = len(differ)
-    from pretrain_helpers import step_losses
+    from ernie_style.testing.pretrain import step_losses
 
     got, want = step_losses(work), step_losses(Path(reference["run"]))
     wrong = [k for k in want if k not in got or abs(got[k] - want[k]) > 1e-6]
@@ -634,7 +634,7 @@ def pretrain_trial(
 # ---- finetune ---------------------------------------------------------------------------------
 def finetune_setup(root: Path) -> dict[str, Any]:
     """A tiny encoder and two small shipped tasks (sentiment; wiki_ranking cut to 48/16/16)."""
-    from finetune_helpers import make_encoder_dir, shipped_tasks
+    from ernie_style.testing.finetune import make_encoder_dir, shipped_tasks
 
     encoder = make_encoder_dir(root / "encoder")
     tasks = shipped_tasks("sentiment", "wiki_ranking")
@@ -650,7 +650,7 @@ def finetune_setup(root: Path) -> dict[str, Any]:
 
 def finetune_config(path: Path, setup: Mapping[str, Any], output: Path) -> Path:
     """The tiny fine-tuning config every finetune trial runs (fp32: exact comparisons)."""
-    from finetune_helpers import write_config
+    from ernie_style.testing.finetune import write_config
 
     return write_config(
         path, Path(setup["encoder"]), output, setup["tasks"], epochs=2, checkpoint_every=3,
@@ -760,7 +760,7 @@ def finetune_trial(
 # ---- prepare ----------------------------------------------------------------------------------
 def prepare_setup(root: Path, documents: int = 100, paragraphs: int = 12) -> Path:
     """The input of the prepare trials: sample Wikipedia articles (first paragraphs each)."""
-    from pretrain_helpers import SAMPLE
+    from ernie_style.testing.pretrain import SAMPLE
 
     subset = root / "subset.jsonl"
     with SAMPLE.open(encoding="utf-8") as f, subset.open("w", encoding="utf-8") as out:

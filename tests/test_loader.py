@@ -125,11 +125,10 @@ def test_a_different_layout_is_an_elastic_resume_that_says_so(setup):
 
 
 def test_indexes_are_built_once_on_disk_and_a_new_task_builds_its_own(small_corpus, tmp_path):
-    from pretrain_helpers import write_config
-
     from ernie_style.config import load_config
     from ernie_style.pretrain.config import PretrainConfig
     from ernie_style.pretrain.state import build_run_state
+    from ernie_style.testing.pretrain import write_config
 
     index_dir = tmp_path / "shared_indexes"
     path = write_config(

@@ -6,7 +6,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from model_helpers import tiny_backbone
 from torch import nn
 
 from ernie_style.cpu_kernels import (
@@ -19,6 +18,7 @@ from ernie_style.cpu_kernels import (
 )
 from ernie_style.pretrain.model import ErniePretrainingModel
 from ernie_style.pretrain.packing import MIN_SAVING, pack_batch, pack_rows, plan_packing
+from ernie_style.testing.model import tiny_backbone
 
 
 @settings(max_examples=200, deadline=None)

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from finetune_helpers import ROOT, make_encoder_dir, write_config
 
 from ernie_style.active_learning.loop import STATE_FILE, load_state
 from ernie_style.active_learning.pool import TaskSpec, normalize_label
@@ -23,6 +22,7 @@ from ernie_style.finetune.data import load_tasks
 from ernie_style.finetune.readers import DataError
 from ernie_style.finetune.state import load_finetune_tokenizer
 from ernie_style.finetune.trainer import FinetuneTrainer
+from ernie_style.testing.finetune import ROOT, make_encoder_dir, write_config
 
 EXAMPLE = ROOT / "data" / "active_learning" / "wnut16"
 SHIPPED = ROOT / "configs" / "active_learning" / "wnut16_pos.yaml"

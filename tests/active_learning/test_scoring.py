@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from finetune_helpers import ROOT, make_encoder_dir, write_config
 from torch import nn
 
 from ernie_style.active_learning.pool import (
@@ -28,6 +27,7 @@ from ernie_style.finetune.data import Collator, EncodedTask
 from ernie_style.finetune.loading import load_finetuned
 from ernie_style.finetune.readers import DataError
 from ernie_style.finetune.trainer import FinetuneTrainer
+from ernie_style.testing.finetune import ROOT, make_encoder_dir, write_config
 
 DATA = ROOT / "data" / "finetune"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from finetune_helpers import ROOT, make_encoder_dir
 
 from ernie_style.cli import main
 from ernie_style.finetune import trainer as trainer_module
+from ernie_style.testing.finetune import ROOT, make_encoder_dir
 
 EXAMPLE = ROOT / "data" / "active_learning" / "wnut16"
 SHIPPED = ROOT / "configs" / "active_learning" / "wnut16_pos.yaml"

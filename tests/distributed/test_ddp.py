@@ -9,10 +9,10 @@ import sys
 
 import pytest
 import torch
-from pretrain_helpers import child_env, pretrain_cmd, step_losses, write_config
 from safetensors.torch import load_file
 
 from ernie_style.precision import resolve_precision
+from ernie_style.testing.pretrain import child_env, pretrain_cmd, step_losses, write_config
 from ernie_style.train.checkpoint import list_checkpoints, verify
 
 pytestmark = pytest.mark.slow

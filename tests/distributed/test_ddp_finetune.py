@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from finetune_helpers import make_encoder_dir, shipped_tasks, step_losses, write_config
-from pretrain_helpers import child_env
 
+from ernie_style.testing.finetune import make_encoder_dir, shipped_tasks, step_losses, write_config
+from ernie_style.testing.pretrain import child_env
 from ernie_style.train.checkpoint import list_checkpoints, verify
 
 pytestmark = pytest.mark.slow

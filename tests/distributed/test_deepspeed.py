@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-from pretrain_helpers import ROOT, child_env, pretrain_cmd, write_config
 
+from ernie_style.testing.pretrain import ROOT, child_env, pretrain_cmd, write_config
 from ernie_style.train.checkpoint import list_checkpoints, verify
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from finetune_helpers import ROOT, make_encoder_dir, shipped_tasks, step_losses, write_config
 
 from ernie_style.cli import main
 from ernie_style.config import load_config
@@ -20,6 +19,13 @@ from ernie_style.finetune.config import FinetuneConfig
 from ernie_style.finetune.export import load_exported
 from ernie_style.finetune.scoring import stock_scorer
 from ernie_style.finetune.trainer import FinetuneTrainer
+from ernie_style.testing.finetune import (
+    ROOT,
+    make_encoder_dir,
+    shipped_tasks,
+    step_losses,
+    write_config,
+)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.pretrain_helpers import ROOT, child_env
+from ernie_style.testing.pretrain import ROOT, child_env
 
 FIXTURE = ROOT / "tests" / "fixtures" / "legacy_v1"
 MADE_ON = json.loads((FIXTURE / "made_on.json").read_text())

@@ -8,8 +8,8 @@ import shutil
 import subprocess
 
 import torch
-from pretrain_helpers import child_env, pretrain_cmd, step_losses, write_config
 
+from ernie_style.testing.pretrain import child_env, pretrain_cmd, step_losses, write_config
 from ernie_style.train.checkpoint import list_checkpoints
 
 

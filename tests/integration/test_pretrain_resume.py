@@ -10,12 +10,12 @@ import time
 
 import pytest
 import torch
-from pretrain_helpers import child_env, pretrain_cmd, step_losses, write_config
 from safetensors.torch import load_file
 
 from ernie_style.config import load_config
 from ernie_style.precision import resolve_precision
 from ernie_style.pretrain.config import PretrainConfig
+from ernie_style.testing.pretrain import child_env, pretrain_cmd, step_losses, write_config
 from ernie_style.train.checkpoint import find_resumable, list_checkpoints
 
 TOTAL_STEPS = 26  # 12 + 8 + 6

@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def soak_pretrain(work: Path, args: argparse.Namespace, report: Callable[[rh.Trial], None]) -> dict:
     """Reference + `args.trials` forked trials + `args.fresh` fresh-process trials."""
-    from pretrain_helpers import make_small_corpus
+    from ernie_style.testing.pretrain import make_small_corpus
 
     corpus = make_small_corpus(work)
     reference = rh.pretrain_reference(work, corpus, rh.fork_launcher)

@@ -11,12 +11,12 @@ import subprocess
 import sys
 
 import pytest
-from finetune_helpers import shipped_tasks
-from finetune_helpers import write_config as write_finetune_config
-from pretrain_helpers import SAMPLE, child_env, write_config
 
 from ernie_style.cli import describe_error, exit_code, main
 from ernie_style.run_lock import LOCK_FILE
+from ernie_style.testing.finetune import shipped_tasks
+from ernie_style.testing.finetune import write_config as write_finetune_config
+from ernie_style.testing.pretrain import SAMPLE, child_env, write_config
 
 ERROR = "ernie-style: error: "
 

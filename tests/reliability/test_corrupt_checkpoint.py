@@ -8,10 +8,10 @@ import shutil
 import subprocess
 
 import torch
-from pretrain_helpers import child_env, pretrain_cmd
 from reliability_helpers import pretrain_config
 from safetensors.torch import load_file
 
+from ernie_style.testing.pretrain import child_env, pretrain_cmd
 from ernie_style.train.checkpoint import list_checkpoints, verify
 
 

@@ -9,11 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from pretrain_helpers import child_env, pretrain_cmd, write_config
 from transformers import AutoModel
 
 from ernie_style.fileio import atomic_dir, sweep_stale_dirs
 from ernie_style.pretrain.export import export_release
+from ernie_style.testing.pretrain import child_env, pretrain_cmd, write_config
 
 pytestmark = pytest.mark.slow
 

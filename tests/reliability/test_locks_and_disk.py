@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from pretrain_helpers import child_env, pretrain_cmd, write_config
 
 from ernie_style.run_lock import LOCK_FILE, RunLock, RunLockedError, locked_run
+from ernie_style.testing.pretrain import child_env, pretrain_cmd, write_config
 from ernie_style.train.checkpoint import (
     CheckpointWriteError,
     find_resumable,

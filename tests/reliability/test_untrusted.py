@@ -17,7 +17,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from pretrain_helpers import ROOT, child_env, pretrain_cmd, write_config
 from safetensors.torch import save_file
 from transformers import AutoConfig, ErnieConfig, ErnieModel
 
@@ -26,6 +25,7 @@ from ernie_style.config import load_config
 from ernie_style.finetune.config import FinetuneConfig
 from ernie_style.finetune.loading import load_finetuned
 from ernie_style.finetune.model import load_encoder
+from ernie_style.testing.pretrain import ROOT, child_env, pretrain_cmd, write_config
 from ernie_style.finetune.state import load_finetune_checkpoint, load_finetune_tokenizer
 from ernie_style.pretrain.config import PretrainConfig
 from ernie_style.tokenizer import load_tokenizer, train_wordpiece

@@ -11,10 +11,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from model_helpers import tiny_backbone
 
 from ernie_style.corpus.annotate import RawDocument, RegexAnnotator, document_from_sentences
 from ernie_style.pretrain.examples import CorpusContext, collate
+from ernie_style.testing.model import tiny_backbone
 from pretrain_tasks.ir_relevance import BM25Index, IRRelevance, passage_spans, terms
 from pretrain_tasks.pair_files import tokenize_text
 

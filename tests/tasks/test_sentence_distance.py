@@ -9,10 +9,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from model_helpers import tiny_backbone
 
 from ernie_style.corpus.annotate import RawDocument, RegexAnnotator, document_from_sentences
 from ernie_style.pretrain.examples import CorpusContext, collate
+from ernie_style.testing.model import tiny_backbone
 from pretrain_tasks.sentence_distance import SentenceDistance
 
 MAIN = [

@@ -10,11 +10,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from model_helpers import tiny_backbone
 
 from ernie_style.corpus.annotate import RawDocument, RegexAnnotator, document_from_sentences
 from ernie_style.pretrain.examples import CorpusContext, TokenizedDocument, collate
 from ernie_style.pretrain.registry import get_task
+from ernie_style.testing.model import tiny_backbone
 from ernie_style.tokenizer import train_wordpiece
 from pretrain_tasks.sentence_reordering import (
     SentenceReordering,

@@ -7,11 +7,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from model_helpers import tiny_backbone
 
 from ernie_style.corpus.annotate import RawDocument, RegexAnnotator, document_from_sentences
 from ernie_style.pretrain.examples import IGNORE_INDEX, CorpusContext, TokenizedDocument, collate
 from ernie_style.pretrain.registry import get_task
+from ernie_style.testing.model import tiny_backbone
 from ernie_style.tokenizer import train_wordpiece
 from pretrain_tasks.token_document_relation import (
     TokenDocumentRelation,

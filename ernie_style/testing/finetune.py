@@ -1,19 +1,29 @@
-"""A tiny local encoder release (ErnieModel + tokenizer) for fine-tuning tests."""
+"""Fine-tuning runs for tests and benchmarks: a tiny local encoder release (ErnieModel and
+tokenizer), configs over the shipped fine-tuning tasks and the per-step losses a run logs."""
 
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
-import torch
 import yaml
-from transformers import ErnieModel
 
-from ernie_style.pretrain.model import build_backbone_config
-from ernie_style.tokenizer import train_wordpiece
+from ernie_style.testing import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+__all__ = [
+    "DEMO_CONFIG",
+    "FINETUNE_DATA",
+    "ROOT",
+    "finetune_texts",
+    "make_encoder_dir",
+    "shipped_tasks",
+    "step_losses",
+    "write_config",
+]
+
+#: The shipped fine-tuning data sets and the demo config whose task sections tests reuse.
 FINETUNE_DATA = ROOT / "data" / "finetune"
 DEMO_CONFIG = ROOT / "configs" / "finetune" / "demo_multitask.yaml"
 
@@ -33,7 +43,15 @@ def finetune_texts() -> list[str]:
 
 
 def make_encoder_dir(path: Path, vocab_size: int = 2000, seed: int = 0, **sizes: int) -> Path:
-    """Save a randomly initialised tiny ERNIE encoder (task embeddings on) and its tokenizer."""
+    """Save a randomly initialised tiny ERNIE encoder (task embeddings on) and a WordPiece
+    tokenizer trained on the shipped fine-tuning texts to `path`. `sizes` override the
+    backbone sizes (hidden 64, 2 layers, 2 heads; the intermediate size is 4x hidden)."""
+    import torch
+    from transformers import ErnieModel
+
+    from ernie_style.pretrain.model import build_backbone_config
+    from ernie_style.tokenizer import train_wordpiece
+
     tokenizer = train_wordpiece(finetune_texts(), vocab_size=vocab_size, min_frequency=1)
     torch.manual_seed(seed)
     sizes = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2} | sizes
@@ -46,13 +64,11 @@ def make_encoder_dir(path: Path, vocab_size: int = 2000, seed: int = 0, **sizes:
     return path
 
 
-def _absolute(task: dict) -> dict:
-    task["data"] = {split: str(ROOT / path) for split, path in task["data"].items()}
-    return task
-
-
-def write_config(path: Path, encoder: Path, output: Path, tasks: list[dict], **top) -> Path:
-    """A fine-tuning config for tests: fp32 (exact comparisons), small batches, high LR."""
+def write_config(
+    path: Path, encoder: Path, output: Path, tasks: list[dict[str, Any]], **top: Any
+) -> Path:
+    """Write a fine-tuning config to `path`: fp32 (exact comparisons), small batches, a high
+    learning rate; `top` overrides top-level entries."""
     data = {
         "output_dir": str(output),
         "encoder": str(encoder),
@@ -70,14 +86,18 @@ def write_config(path: Path, encoder: Path, output: Path, tasks: list[dict], **t
     return path
 
 
-def shipped_tasks(*names: str) -> list[dict]:
-    """Task sections of the shipped demo config, with absolute data paths."""
+def shipped_tasks(*names: str) -> list[dict[str, Any]]:
+    """The task sections `names` of the shipped demo config, with absolute data paths."""
     tasks = yaml.safe_load(DEMO_CONFIG.read_text())["tasks"]
     return [_absolute(t) for t in tasks if t["name"] in names]
 
 
+def _absolute(task: dict[str, Any]) -> dict[str, Any]:
+    task["data"] = {split: str(ROOT / path) for split, path in task["data"].items()}
+    return task
+
+
 def step_losses(run_dir: Path) -> dict[int, tuple[str, float]]:
-    """step -> (task, loss) from a run's train_loss.csv."""
-    with (run_dir / "train_loss.csv").open() as handle:
-        rows = list(csv.reader(handle))
-    return {int(r[0]): (r[2], float(r[3])) for r in rows[1:]}
+    """The losses of a fine-tuning run's train_loss.csv: step -> (task, loss)."""
+    with (run_dir / "train_loss.csv").open(encoding="utf-8") as handle:
+        return {int(r["step"]): (r["task"], float(r["loss"])) for r in csv.DictReader(handle)}

@@ -1,27 +1,49 @@
-"""Helpers for tests that run `ernie-style pretrain`: a small prepared corpus, tiny configs."""
+"""Pretraining runs for tests and benchmarks: a small prepared corpus, tiny configs, the
+`ernie-style pretrain` command line and the per-step losses a run logs."""
 
 from __future__ import annotations
 
+import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from ernie_style.testing import ROOT, child_env
+
+__all__ = [
+    "ROOT",
+    "SAMPLE",
+    "child_env",
+    "make_small_corpus",
+    "pretrain_cmd",
+    "sample_subset",
+    "step_losses",
+    "write_config",
+]
+
+#: The bundled Wikipedia sample (100 articles, one JSON object a line).
 SAMPLE = ROOT / "data" / "sample_corpus" / "wiki_sample.jsonl"
 
 
-def make_small_corpus(root: Path) -> Path:
-    """20 sample articles (first 6 paragraphs each), regex-annotated, with a 1500 tokenizer."""
-    subset = root / "subset.jsonl"
-    with SAMPLE.open(encoding="utf-8") as f, subset.open("w", encoding="utf-8") as out:
-        for _, line in zip(range(20), f, strict=False):
+def sample_subset(path: Path, documents: int, paragraphs: int) -> Path:
+    """Write the first `documents` sample articles, each cut to its first `paragraphs`
+    paragraphs, to `path` (JSON lines); returns `path`."""
+    with SAMPLE.open(encoding="utf-8") as f, path.open("w", encoding="utf-8") as out:
+        for _, line in zip(range(documents), f, strict=False):
             row = json.loads(line)
-            row["text"] = "\n\n".join(row["text"].split("\n\n")[:6])
+            row["text"] = "\n\n".join(row["text"].split("\n\n")[:paragraphs])
             out.write(json.dumps(row) + "\n")
+    return path
+
+
+def make_small_corpus(root: Path) -> Path:
+    """Prepare 20 sample articles (first 6 paragraphs each) under `root`: no annotator, a
+    1500-token tokenizer trained on them. Returns the prepared corpus directory."""
+    subset = sample_subset(root / "subset.jsonl", documents=20, paragraphs=6)
     corpus = root / "prepared"
     cmd = [sys.executable, "-m", "ernie_style", "prepare", "--input", str(subset)]
     cmd += ["--output", str(corpus), "--annotator", "none", "--train-tokenizer", "1500"]
@@ -29,23 +51,10 @@ def make_small_corpus(root: Path) -> Path:
     return corpus
 
 
-def child_env() -> dict[str, str]:
-    """Environment for child processes: offline, quiet, deterministic threads."""
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        OMP_NUM_THREADS="1",
-        PYTHONWARNINGS="ignore",
-        # DeepSpeed compiles a small op on first use (~20 s): keep it between runs.
-        TORCH_EXTENSIONS_DIR=str(ROOT / ".cache" / "torch_extensions"),
-    )
-    return env
-
-
-def write_config(path: Path, corpus: Path, output_dir: Path, **changes) -> Path:
-    """A tiny run: 3 tasks over 3 stages, 8 examples per step, sequence 64."""
-    config = {
+def write_config(path: Path, corpus: Path, output_dir: Path, **changes: Any) -> Path:
+    """Write a tiny pretraining config to `path`: 3 tasks over 3 stages, 8 examples per step,
+    sequence 64. `changes` override entries, nested keys joined by `__` (`optim__lr=1e-3`)."""
+    config: dict[str, Any] = {
         "output_dir": str(output_dir),
         "seed": 11,
         "batch_size": 8,
@@ -74,14 +83,13 @@ def write_config(path: Path, corpus: Path, output_dir: Path, **changes) -> Path:
 
 
 def pretrain_cmd(config: Path, *extra: str) -> list[str]:
-    """The pretrain command line for a config."""
+    """The `python -m ernie_style pretrain --config CONFIG EXTRA...` command line."""
     return [sys.executable, "-m", "ernie_style", "pretrain", "--config", str(config), *extra]
 
 
 def step_losses(run_dir: Path) -> dict[tuple[int, str], float]:
-    """(step, task) -> loss from train_loss.csv; a step logged twice keeps its last value."""
-    import csv
-
+    """(step, task) -> loss from a run's train_loss.csv; a step logged twice keeps its last
+    value."""
     out = {}
     with (run_dir / "train_loss.csv").open(encoding="utf-8") as f:
         for row in csv.DictReader(f):

@@ -1,13 +1,19 @@
-"""A tiny ERNIE backbone for head/loss checks in the task tests."""
+"""A tiny seeded ERNIE backbone for head and loss checks (the pretraining task tests)."""
 
 from __future__ import annotations
 
-import torch
-from transformers import ErnieConfig, ErnieModel
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import ErnieModel
 
 
 def tiny_backbone(vocab_size: int, seed: int = 0) -> ErnieModel:
-    """One layer, hidden 32, 4 segment types, task embeddings (seeded)."""
+    """A randomly initialised (seeded) ErnieModel: one layer, hidden 32, 2 heads, 4 segment
+    types, task embeddings on."""
+    import torch
+    from transformers import ErnieConfig, ErnieModel
+
     torch.manual_seed(seed)
     config = ErnieConfig(
         vocab_size=vocab_size,
