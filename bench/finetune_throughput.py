@@ -8,8 +8,8 @@ One run, one machine, the same encoder and data for both sides:
   fine-tuning texts; task: `wiki_pairs` (pair classification, data/finetune/), batch 32,
   max 128 tokens, `torch.set_num_threads(2)`, both sides in the fastest precision on this
   machine (bf16 autocast where the CPU runs bf16 natively, fp32 where it is emulated);
-- (a) ours: `FinetuneTrainer` (one task), timed over `_train_step` (sampling, collation,
-  forward, backward, clipping, AdamW) after warm-up steps;
+- (a) ours: `FinetuneTrainer` (one task), timed over `next_batches` + `train_step` (sampling,
+  collation, forward, backward, clipping, AdamW) after warm-up steps;
 - (b) stock: `ErnieForSequenceClassification.from_pretrained(encoder)` trained by
   `transformers.Trainer` (bf16 where native, fused AdamW, `DataCollatorWithPadding` to a
   multiple of 8, in-process data loading, no eval/save/logging), eager and with torch_compile,
@@ -61,7 +61,7 @@ def write_config(workdir: Path, encoder: Path, names: list[str], balancing: str)
         "precision": "auto",
         "epochs": 100,
         "batch_size": BATCH,
-        "lr": 1e-4,
+        "optim": {"lr": 1e-4},
         "balancing": balancing,
         "checkpoint_every": 0,
         "tasks": shipped_tasks(*names),
@@ -74,7 +74,8 @@ def write_config(workdir: Path, encoder: Path, names: list[str], balancing: str)
 
 
 def time_ours(config_path: Path, warmup: int, steps: int) -> tuple[float, float, Any]:
-    """(examples/s, mean step seconds, trainer) of `_train_step` after `warmup` steps."""
+    """(examples/s, mean step seconds, trainer) of `next_batches` + `train_step` after
+    `warmup` steps."""
     from ernie_style.config import load_config
     from ernie_style.finetune.config import FinetuneConfig
     from ernie_style.finetune.trainer import FinetuneTrainer
@@ -82,11 +83,11 @@ def time_ours(config_path: Path, warmup: int, steps: int) -> tuple[float, float,
     trainer = FinetuneTrainer(load_config(FinetuneConfig, config_path, []))
     torch.set_num_threads(2)
     for step in range(warmup):
-        trainer._train_step(step)
+        trainer.train_step(step, trainer.next_batches(step))
     with ForeignLoad() as load:
         start = time.perf_counter()
         for step in range(warmup, warmup + steps):
-            trainer._train_step(step)
+            trainer.train_step(step, trainer.next_batches(step))
         seconds = time.perf_counter() - start
     print(f"    foreign load {load.cores if load.cores is not None else float('nan'):.2f} cores")
     return steps * BATCH / seconds, seconds / steps, trainer

@@ -9,8 +9,8 @@ runs bf16 natively, fp32 where bf16 is only emulated: `ernie_style.precision`),
 
 (a) ours: `PretrainTrainer` with all seven registered tasks active in one stage (each step
     samples one task by remaining budget, as in the continual schedule's late stages), driven
-    through the trainer's own `_next_batches()` (task sampling, example construction, collation)
-    and `_train_step()` (accelerate autocast forward in the `precision: auto` choice, backward,
+    through the trainer's own `next_batches()` (task sampling, example construction, collation)
+    and `train_step()` (accelerate autocast forward in the `precision: auto` choice, backward,
     NaN check, grad clipping, AdamW) in a timed loop. The model size is not reachable through
     the config (model presets only), so `ernie_style.pretrain.state.build_backbone_config` is
     wrapped while the trainer is built: it gets the size overrides above and everything else
@@ -27,7 +27,7 @@ Reported for each: tokens/s (non-padding input tokens: `attention_mask.sum()` of
 batch for (a), exactly what the trainer logs; the lengths of the unpadded 128-token blocks for
 (b)), steps/s, the ratio (a)/(b) (target >= 2.0), model FLOP utilisation against a measured
 matmul peak in the precision used, and for (a) the fraction of the step spent waiting for data in
-`_next_batches` (target < 5%).
+`next_batches` (target < 5%).
 
 FLOPs (training = forward + backward = 3x forward = 6 FLOPs per parameter per token):
 
@@ -200,7 +200,7 @@ def ours_step_flops(model: Any, batches: dict[str, list[dict]]) -> tuple[float, 
 
 
 def run_ours(args: argparse.Namespace, corpus: Path, workdir: Path) -> tuple[Section, dict]:
-    """Time the trainer's `_next_batches` + `_train_step` over all seven tasks."""
+    """Time the trainer's `next_batches` + `train_step` over all seven tasks."""
     from ernie_style.config import load_config
     from ernie_style.pretrain.config import PretrainConfig
     from ernie_style.pretrain.registry import registered_tasks
@@ -223,6 +223,7 @@ def run_ours(args: argparse.Namespace, corpus: Path, workdir: Path) -> tuple[Sec
     with backbone_size(HIDDEN, LAYERS, HEADS, INTERMEDIATE, args.vocab):
         trainer = PretrainTrainer(config)
     torch.set_num_threads(args.threads)
+    trainer.before_training()  # starts the data loader, as train() does
     model = trainer.state.model
     info = {
         "params": sum(p.numel() for p in model.parameters()),
@@ -236,9 +237,9 @@ def run_ours(args: argparse.Namespace, corpus: Path, workdir: Path) -> tuple[Sec
     def one_step(section: Section | None, per_task: dict | None) -> set[str]:
         step = trainer.state.schedule.step
         start = time.perf_counter()
-        batches = trainer._next_batches()
+        batches = trainer.next_batches(step)
         fetched = time.perf_counter()
-        trainer._train_step(step, batches)
+        trainer.train_step(step, batches)
         done = time.perf_counter()
         if section is not None and per_task is not None:
             flops, tokens, padded = ours_step_flops(model, batches)

@@ -101,6 +101,9 @@ def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str = "") -> C:
     """Build dataclass `cls` from a mapping, recursively; errors name the dotted key."""
     if not isinstance(data, Mapping):
         raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping")
+    migrate = getattr(cls, "migrate_keys", None)
+    if callable(migrate):  # a config that reads an older shape of itself
+        data = migrate(data)
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(str(k) for k in data if not isinstance(k, str) or k not in known)

@@ -56,26 +56,31 @@ def train_wordpiece(
     )
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a local Hugging Face tokenizer directory (never from a hub, never running custom
-    code a `tokenizer_config.json` names: such a directory is refused)."""
+def load_tokenizer(
+    path: str | Path,
+    key: str = "tokenizer",
+    trust_remote_code: bool = False,
+    special_tokens: tuple[str, ...] = ("cls_token", "sep_token", "pad_token", "mask_token"),
+) -> PreTrainedTokenizerFast:
+    """Load a local Hugging Face tokenizer directory: never from a hub, and never running custom
+    code a `tokenizer_config.json` names unless `trust_remote_code` (refused otherwise). The one
+    loader of every command: errors name `key` (the config key or flag the path came from), and
+    the tokenizer must be a fast (Rust) one with `special_tokens` set."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"tokenizer directory {path} does not exist")
-    refuse_remote_code(path, "tokenizer")
+        raise FileNotFoundError(f"{key} directory {path} does not exist")
+    refuse_remote_code(path, key, trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            str(path), local_files_only=True, trust_remote_code=False
+            str(path), local_files_only=True, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as error:
-        raise ValueError(f"{path} is not a Hugging Face tokenizer directory: {error}") from error
-    if not tokenizer.is_fast:
-        raise ValueError(f"{path}: a fast (Rust) tokenizer is required")
-    missing = [
-        t
-        for t in ("cls_token", "sep_token", "pad_token", "mask_token")
-        if not getattr(tokenizer, t)
-    ]
+        raise ValueError(
+            f"{key}: {path} is not a Hugging Face tokenizer directory: {error}"
+        ) from error
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{key}: the tokenizer in {path} is not a fast (Rust) tokenizer")
+    missing = [t for t in special_tokens if not getattr(tokenizer, t)]
     if missing:
-        raise ValueError(f"{path}: tokenizer lacks special tokens {missing}")
+        raise ValueError(f"{key}: the tokenizer in {path} lacks special tokens {missing}")
     return tokenizer

@@ -159,7 +159,7 @@ def finetune(root: Path, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         cli(
             "finetune", "--config", str(ROOT / "configs/finetune/demo_multitask.yaml"),
             f"encoder={root / 'release'}", f"output_dir={run}", f"seed={seed}",
-            f"epochs={args.finetune_epochs}", f"lr={args.finetune_lr}", "--resume", "auto",
+            f"epochs={args.finetune_epochs}", f"optim.lr={args.finetune_lr}", "--resume", "auto",
             log=root / f"finetune-seed-{seed}.log",
         )  # fmt: skip
     return json.loads(metrics.read_text(encoding="utf-8"))

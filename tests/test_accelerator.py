@@ -7,7 +7,7 @@ from accelerate import Accelerator
 from accelerate.utils import DynamoBackend, TorchDynamoPlugin
 
 from ernie_style.precision import PrecisionChoice
-from ernie_style.pretrain.trainer import make_accelerator
+from ernie_style.train.accelerator import make_accelerator
 
 BF16 = PrecisionChoice("bf16", "bf16", "asked")
 

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel
 
 from ernie_style.config import from_dict, read_yaml
 from ernie_style.finetune.config import TASK_TYPES, FinetuneConfig, FinetuneTask
 from ernie_style.finetune.data import Collator, EncodedTask
 from ernie_style.finetune.model import MultiTaskModel, build_model
 from ernie_style.finetune.silver import silver_labels
+from ernie_style.tokenizer import load_tokenizer
 from ernie_style.untrusted import refuse_remote_code
 
 
@@ -106,13 +107,8 @@ def _load_encoder_shell(config: FinetuneConfig, run_dir: Path, trust_remote_code
 def _load_tokenizer(config: FinetuneConfig, run_dir: Path, trust_remote_code: bool) -> Any:
     for path in _model_dirs(config, run_dir, tokenizer=True):
         if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
-            refuse_remote_code(path, f"--model {run_dir}: tokenizer", trust_remote_code)
-            tokenizer = AutoTokenizer.from_pretrained(
-                str(path), local_files_only=True, trust_remote_code=trust_remote_code
-            )
-            if not getattr(tokenizer, "is_fast", False):
-                raise ValueError(f"--model {run_dir}: the tokenizer in {path} is not a fast one")
-            return tokenizer
+            key = f"--model {run_dir}: tokenizer"
+            return load_tokenizer(path, key, trust_remote_code, special_tokens=())
     raise ValueError(f"--model {run_dir}: no tokenizer (looked in {config.tokenizer_path})")
 
 

@@ -18,9 +18,11 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
+from ernie_style.finetune.config import FinetuneConfig
 from ernie_style.finetune.data import EncodedTask
 from ernie_style.finetune.heads import FinetuneHead, build_head
 from ernie_style.finetune.sharing import SharingLayer, build_sharing
+from ernie_style.tokenizer import load_tokenizer
 from ernie_style.untrusted import refuse_pickle_weights, refuse_remote_code
 
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -152,3 +154,9 @@ def build_model(
                 raise ValueError(f"task {name}: task_id {task_id} >= the encoder's {rows} rows")
             task_ids[name] = task_id
     return MultiTaskModel(encoder, heads, layer, task_ids)
+
+
+def load_finetune_tokenizer(config: FinetuneConfig) -> Any:
+    """The run's fast tokenizer (`tokenizer`, else the encoder directory); errors name the key."""
+    key = "tokenizer" if config.tokenizer else "encoder"
+    return load_tokenizer(config.tokenizer_path, key, config.trust_remote_code, special_tokens=())

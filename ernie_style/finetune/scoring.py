@@ -11,7 +11,7 @@ import torch
 from ernie_style.finetune.config import FinetuneConfig
 from ernie_style.finetune.data import load_tasks
 from ernie_style.finetune.evaluation import predict_split, write_predictions
-from ernie_style.finetune.state import load_finetune_tokenizer
+from ernie_style.finetune.model import load_finetune_tokenizer
 
 
 def stock_scorer(model: torch.nn.Module, task_type: str) -> Any:

@@ -13,53 +13,42 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from ernie_style.config import dump_yaml
 from ernie_style.cpu_kernels import use_cpu_kernels
-from ernie_style.fileio import atomic_write, pid_alive
+from ernie_style.fileio import atomic_write
 from ernie_style.finetune.config import FinetuneConfig
 from ernie_style.finetune.data import EncodedTask, load_tasks
-from ernie_style.finetune.evaluation import (
-    metrics_table,
-    predict_split,
-    write_predictions,
-)
+from ernie_style.finetune.evaluation import metrics_table, predict_split, write_predictions
 from ernie_style.finetune.export import export_task
-from ernie_style.finetune.model import MultiTaskModel, build_model, load_encoder
+from ernie_style.finetune.model import (
+    MultiTaskModel,
+    build_model,
+    load_encoder,
+    load_finetune_tokenizer,
+)
 from ernie_style.finetune.plots import plot_learning_curves
 from ernie_style.finetune.sampler import TaskSampler
-from ernie_style.finetune.state import (
-    load_finetune_checkpoint,
-    load_finetune_tokenizer,
-    save_best,
-    save_finetune_checkpoint,
-)
-from ernie_style.precision import resolve_precision, run_device_type
-from ernie_style.pretrain.state import decay_groups
-from ernie_style.pretrain.trainer import make_accelerator, step_seed
+from ernie_style.finetune.state import recover_best, save_best
 from ernie_style.train.balancing import LossBalancer, build_balancer
-from ernie_style.train.checkpoint import resolve_resume
+from ernie_style.train.engine import TrainEngine
 from ernie_style.train.lr import lr_factor
-from ernie_style.train.monitor import RunLogger
-from ernie_style.train.step import StepRunner
+from ernie_style.train.optim import build_adamw
 
 
-class FinetuneTrainer:
-    """Builds everything from a `FinetuneConfig` and runs it to the end."""
+class FinetuneTrainer(TrainEngine):
+    """Builds everything from a `FinetuneConfig` and runs it to the end (on the shared engine:
+    it adds the task sampler, dev evaluation, the best model and the per-task exports)."""
+
+    phase_name = "epoch"
 
     def __init__(self, config: FinetuneConfig, resume: str | None = None) -> None:
-        self.config = config
-        self.run_dir = Path(config.output_dir)
-        self.precision = resolve_precision(config.precision, run_device_type())
-        self.accelerator = accel = make_accelerator(self.precision)
-        self._print(self.precision.describe())
+        super().__init__(config)
+        accel = self.accelerator
+        self.print(self.precision.describe())
         self.tokenizer = load_finetune_tokenizer(config)
         encoder = load_encoder(config.encoder, trust_remote_code=config.trust_remote_code)
         if encoder.config.vocab_size < len(self.tokenizer):
@@ -75,7 +64,7 @@ class FinetuneTrainer:
         )
         self._check_batches(accel.num_processes)
         self.batch_sizes = {t.name: config.batch_size_of(t) for t in config.tasks}
-        self.model: Any = build_model(
+        self.raw_model = build_model(
             encoder,
             self.tasks,
             config.sharing,
@@ -90,39 +79,31 @@ class FinetuneTrainer:
         self.balancer: LossBalancer = build_balancer(
             config.balancing, list(self.tasks), self._balancing_options(), reduce
         ).to(accel.device)
-        self.optimizer: Any = build_finetune_optimizer(self.model, self.balancer, config)
+        self.raw_optimizer = build_adamw(self.raw_model, config.optim, self.balancer.parameters())
         sizes = {name: len(task.splits["train"]) for name, task in self.tasks.items()}
         self.sampler = TaskSampler(
             sizes, self.batch_sizes, config.sampling, config.temperature, config.seed
         )
-        self.total_steps = config.epochs * self.sampler.steps_per_epoch
-        self.warmup = int(config.warmup_ratio * self.total_steps)
-        self.step = 0
+        self._total_steps = config.epochs * self.sampler.steps_per_epoch
+        self.warmup = config.optim.warmup(self._total_steps)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"score": None, "step": None}
-        checkpoint = resolve_resume(resume, self.run_dir / "checkpoints", self._print)
-        if checkpoint is not None:
-            load_finetune_checkpoint(self, checkpoint)
-            self._print(f"resumed from {checkpoint} at step {self.step}")
-        self.model, self.optimizer = accel.prepare(self.model, self.optimizer)
-        shared = _last_shared_layer(accel.unwrap_model(self.model))
-        self.stepper = StepRunner(
-            accel, self.model, self.optimizer, config.max_grad_norm, self.balancer, shared
-        )
-        self.logger = RunLogger(self.run_dir, enabled=accel.is_main_process)
+        self._epoch_losses: dict[str, list[float]] = {}
+        self.finish_setup(self.resolve_resume(resume), _last_shared_layer(self.raw_model))
         for task in self.tasks.values():
             for line in task.summary():
-                self._print(line)
+                self.print(line)
 
     # ---- setup ---------------------------------------------------------------------------
     def _check_batches(self, world: int) -> None:
+        accum = self.config.optim.grad_accum_steps
         for i, task in enumerate(self.config.tasks):
             size = self.config.batch_size_of(task)
             key = f"tasks[{i}].batch_size" if task.batch_size else "batch_size"
-            if size % (world * self.config.grad_accum_steps):
+            if size % (world * accum):
                 raise ValueError(
                     f"{key}={size} does not divide across {world} process(es) x "
-                    f"{self.config.grad_accum_steps} micro-batch(es)"
+                    f"{accum} micro-batch(es)"
                 )
 
     def _balancing_options(self) -> dict[str, Any]:
@@ -131,105 +112,104 @@ class FinetuneTrainer:
             options["weights"] = {t.name: t.loss_weight for t in self.config.tasks}
         return options
 
-    def _print(self, message: str) -> None:
-        if self.accelerator.is_main_process:
-            tqdm.write(message)
-
+    # ---- the engine's hooks ----------------------------------------------------------------
     @property
-    def unwrapped(self) -> MultiTaskModel:
-        """The model without its DDP wrapper."""
-        return self.accelerator.unwrap_model(self.model)
+    def total_steps(self) -> int:
+        """Epochs x the sampler's steps per epoch."""
+        return self._total_steps
 
-    # ---- training ------------------------------------------------------------------------
-    def train(self) -> dict[str, dict[str, dict[str, float]]]:
-        """Train, keep the best model, export it per task; returns the final metrics table."""
-        config = self.config
+    def before_training(self) -> None:
+        """Put back a best model a killed `save_best` had moved aside."""
         if self.accelerator.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             recover_best(self.run_dir)
-            atomic_write(self.run_dir / "config.yaml", dump_yaml(config))
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.step,
-            disable=not self.accelerator.is_main_process,
-            unit="step",
-            dynamic_ncols=True,
-        )
-        window: dict[str, list[float]] = {}
-        epoch_losses: dict[str, list[float]] = {}
-        per_epoch = self.sampler.steps_per_epoch
-        started = time.perf_counter()
-        while self.step < self.total_steps:
-            step = self.step
-            losses = self._train_step(step)
-            self.step += 1
-            self.logger.train_losses(step, step // per_epoch + 1, losses)
-            for task, value in losses.items():
-                window.setdefault(task, []).append(value)
-                epoch_losses.setdefault(task, []).append(value)
-            bar.update(1)
-            epoch_end = self.step % per_epoch == 0
-            if self.step % config.log_every == 0 or epoch_end:
-                self._log(bar, window, time.perf_counter() - started)
-                window, started = {}, time.perf_counter()
-            if epoch_end:
-                means = {t: sum(v) / len(v) for t, v in epoch_losses.items()}
-                self.balancer.end_window(means)
-                epoch_losses = {}
-            evaluate = epoch_end or (config.eval_every and self.step % config.eval_every == 0)
-            if evaluate or self.step == self.total_steps:
-                self._evaluate_dev(bar)
-            if (
-                epoch_end
-                or self.step == self.total_steps
-                or (config.checkpoint_every and self.step % config.checkpoint_every == 0)
-            ):
-                save_finetune_checkpoint(self)
-        bar.close()
-        results = self._finish()
-        self.logger.close()
-        self.accelerator.wait_for_everyone()
-        return results
 
-    def _train_step(self, step: int) -> dict[str, float]:
-        config, accel = self.config, self.accelerator
-        torch.manual_seed(step_seed(config.seed, step, accel.process_index))
+    def next_batches(self, step: int) -> dict[str, list[dict[str, Any]]]:
+        """The sampled task's batch: this process's share (`indices[rank::world]`), split into
+        micro-batches, on the device."""
+        accel = self.accelerator
         name = self.sampler.task_at(step)
         task = self.tasks[name]
         indices = self.sampler.take(name, self.batch_sizes[name])
         mine = indices[accel.process_index :: accel.num_processes]
-        accum = config.grad_accum_steps
+        accum = self.config.optim.grad_accum_steps
         size = len(mine) // accum
         micro = []
         for i in range(accum):
             examples = [task.splits["train"][j] for j in mine[i * size : (i + 1) * size]]
             batch = task.collator(examples)
             micro.append({k: v.to(accel.device) for k, v in batch.items()})
-        factor = lr_factor(step, self.total_steps, self.warmup, config.lr_schedule)
-        self.stepper.set_lr(config.lr * factor)
-        totals, applied = self.stepper.run({name: micro}, accum)
-        if not applied:
-            self._print(f"step {step}: non-finite loss {totals}; step skipped")
-        return totals
+        return {name: micro}
 
-    def _log(self, bar: Any, window: dict[str, list[float]], seconds: float) -> None:
-        means = {t: sum(v) / len(v) for t, v in window.items()}
-        steps = sum(len(v) for v in window.values())
-        epoch = self.step / self.sampler.steps_per_epoch
+    def learning_rate(self, step: int) -> float:
+        """Peak LR times the warm-up/decay factor over the whole run."""
+        optim = self.config.optim
+        return optim.lr * lr_factor(step, self.total_steps, self.warmup, optim.lr_schedule)
+
+    def phase(self, step: int) -> tuple[int | str, float | str]:
+        """('', epoch) of a step: fine-tuning has epochs (1-based), not stages."""
+        return "", step // self.sampler.steps_per_epoch + 1
+
+    def at_boundary(self, done: int) -> bool:
+        """An epoch ended."""
+        return done % self.sampler.steps_per_epoch == 0
+
+    def progress_text(
+        self,
+        done: int,
+        window: dict[str, list[float]],
+        means: dict[str, float],
+        rates: dict[str, float],
+    ) -> str:
+        """Epoch, losses and the last dev scores."""
+        epoch = done / self.sampler.steps_per_epoch
         last = self.history[-1]["dev"] if self.history else {}
         dev = " ".join(f"{t[:8]}={m['main']:.3f}" for t, m in last.items())
-        bar.set_postfix_str(
+        return (
             f"ep {epoch:.2f} | "
             + " ".join(f"{t[:8]}={v:.3f}" for t, v in means.items())
             + (f" | dev {dev}" if dev else "")
         )
-        scalars = {f"train/loss/{t}": v for t, v in means.items()}
-        scalars |= {f"balancing/weight/{t}": w for t, w in self.balancer.weights().items()}
-        scalars |= {
-            "train/lr": self.optimizer.param_groups[0]["lr"],
-            "train/steps_per_s": steps / max(seconds, 1e-9),
+
+    def extra_scalars(self, done: int) -> dict[str, float]:
+        """The epoch reached."""
+        return {"train/epoch": done / self.sampler.steps_per_epoch}
+
+    def on_step_end(self, done: int, boundary: bool, losses: dict[str, float]) -> None:
+        """At epoch ends the balancer's window closes on the epoch's mean losses; dev
+        evaluation at epoch ends and every `eval_every` steps."""
+        for task, value in losses.items():
+            self._epoch_losses.setdefault(task, []).append(value)
+        if boundary:
+            means = {t: sum(v) / len(v) for t, v in self._epoch_losses.items()}
+            self.balancer.end_window(means)
+            self._epoch_losses = {}
+        every = self.config.eval_every
+        if boundary or (every and done % every == 0) or done == self.total_steps:
+            self._evaluate_dev()
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Sampler positions, evaluation history, best score, tasks."""
+        return {
+            "sampler": self.sampler.state_dict(),
+            "history": self.history,
+            "best": self.best,
+            "tasks": list(self.tasks),
         }
-        self.logger.scalars(self.step, scalars)
+
+    def check_checkpoint(self, checkpoint: Path, state: dict[str, Any]) -> list[str]:
+        """The checkpoint's tasks must all be in this config; heads and sharing parts of new
+        tasks may be missing from its weights."""
+        missing = sorted(set(state["tasks"]) - set(self.tasks))
+        if missing:
+            raise ValueError(f"{checkpoint}: the checkpoint has tasks {missing} this config lacks")
+        new = [t for t in self.tasks if t not in state["tasks"]]
+        return [f"heads.{t}." for t in new] + [f"sharing.{t}" for t in new]
+
+    def restore_state(self, checkpoint: Path, state: dict[str, Any]) -> None:
+        """Sampler positions, history and best score."""
+        self.sampler.load_state_dict(state["sampler"])
+        self.history = list(state["history"])
+        self.best = dict(state["best"])
 
     # ---- evaluation ----------------------------------------------------------------------
     def _scorer(self, name: str) -> Any:
@@ -261,7 +241,7 @@ class FinetuneTrainer:
             }
         return results
 
-    def _evaluate_dev(self, bar: Any) -> None:
+    def _evaluate_dev(self) -> None:
         results = self.evaluate("dev")
         if not results:
             return
@@ -278,14 +258,15 @@ class FinetuneTrainer:
         self.logger.scalars(self.step, scalars | {"dev/average_main_metric": score})
         if self.best["score"] is None or score > self.best["score"]:
             self.best = {"score": score, "step": self.step}
-            save_best(self)
+            if self.accelerator.is_main_process:
+                save_best(self.run_dir, self.unwrapped.state_dict(), self.best)
         if self.accelerator.is_main_process:
             atomic_write(self.run_dir / "history.json", json.dumps(self.history, indent=2))
             plot_learning_curves(self.history, self.run_dir / "learning_curves.png")
         summary = " ".join(f"{t}={r['main']:.3f}" for t, r in results.items())
-        self._print(f"step {self.step}: dev {summary} (average {score:.4f})")
+        self.print(f"step {self.step}: dev {summary} (average {score:.4f})")
 
-    def _finish(self) -> dict[str, dict[str, dict[str, float]]]:
+    def finish(self) -> dict[str, dict[str, dict[str, float]]]:
         """Load the best model, export each task, predict test splits, write the tables."""
         best = self.run_dir / "best" / "model.safetensors"
         if best.is_file():
@@ -315,35 +296,12 @@ class FinetuneTrainer:
                         precision=self.precision.to_dict(),
                     )
             else:
-                self._print(
+                self.print(
                     f"sharing={self.config.sharing}: no stock transformers export (the mixture "
                     "layers have no transformers counterpart); weights are in best/"
                 )
-            self._print(metrics_table(table))
+            self.print(metrics_table(table))
         return table
-
-
-def recover_best(run_dir: Path) -> None:
-    """Clean up after a `save_best` that was killed: remove its temp copy (`.best.tmp-PID`);
-    if it died between its two renames (no `best/`), put the previous copy (`.best.old-PID`)
-    back. Copies of processes still running are left alone."""
-    for path in sorted(run_dir.glob(".best.*-*")):
-        pid = path.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or pid_alive(pid):
-            continue
-        if path.name.startswith(".best.old-") and not (run_dir / "best").exists():
-            path.rename(run_dir / "best")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def build_finetune_optimizer(
-    model: torch.nn.Module, balancer: LossBalancer, config: FinetuneConfig
-) -> torch.optim.AdamW:
-    """AdamW: weight decay on weight matrices only; the balancer's parameters undecayed."""
-    groups = decay_groups(model, config.weight_decay)
-    groups[1]["params"] += list(balancer.parameters())
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-6)
 
 
 def _last_shared_layer(model: MultiTaskModel) -> list[torch.nn.Parameter]:

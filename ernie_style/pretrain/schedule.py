@@ -221,12 +221,18 @@ class StageLR:
     restarted at each stage (ERNIE 2.0 trains each stage like a fresh phase) or once for the run."""
 
     def __init__(
-        self, schedule: ContinualSchedule, warmup_steps: int, kind: str, per_stage: bool
+        self,
+        schedule: ContinualSchedule,
+        warmup_steps: int | None,
+        kind: str,
+        per_stage: bool,
+        warmup_ratio: float = 0.0,
     ) -> None:
         if kind not in ("linear", "cosine", "constant"):
             raise ValueError(f"unknown LR schedule {kind!r}")
         self.schedule = schedule
         self.warmup_steps = warmup_steps
+        self.warmup_ratio = warmup_ratio
         self.kind = kind
         self.per_stage = per_stage
 
@@ -243,6 +249,9 @@ class StageLR:
     def factor(self, step: int) -> float:
         """Multiplier of the peak LR at global `step` (0-based)."""
         local, length = self._phase(step)
-        # Short phases get a proportionally short warm-up (at most half the phase).
-        warmup = min(self.warmup_steps, max(length // 2, 1))
+        if self.warmup_steps is None:
+            warmup = int(self.warmup_ratio * length)
+        else:
+            # Short phases get a proportionally short warm-up (at most half the phase).
+            warmup = min(self.warmup_steps, max(length // 2, 1))
         return lr_factor(local, length, warmup, self.kind)

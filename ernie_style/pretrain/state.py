@@ -1,8 +1,9 @@
-"""Everything a pretraining run holds, built from its config, and its checkpoint save/load.
+"""Everything a pretraining run holds, built from its config; continuing from a release.
 
-Resuming with newly added tasks: the checkpoint's weights load into a model that also has the
-new heads (the only keys allowed to be missing), AdamW state is restored by parameter name (new
-parameters start with none), and the schedule keeps the stages the checkpoint had started.
+Checkpoints are written and read by the engine (`ernie_style.train.engine`). Resuming with newly
+added tasks: the checkpoint's weights load into a model that also has the new heads (the only
+keys allowed to be missing), AdamW state is restored by parameter name (new parameters start
+with none), and the schedule keeps the stages the checkpoint had started.
 """
 
 from __future__ import annotations
@@ -16,28 +17,21 @@ from typing import Any
 import torch
 from transformers import ErnieModel
 
-from ernie_style.config import dump_yaml
 from ernie_style.corpus.document import DocumentSequence
 from ernie_style.corpus.index import index_root
 from ernie_style.cpu_kernels import CPU_ATTENTION, resolve_attention, use_cpu_kernels
 from ernie_style.pretrain.config import PretrainConfig
 from ernie_style.pretrain.examples import CorpusContext, collate
-from ernie_style.pretrain.loader import DataStreams, StepLayout, gather_from_ranks
+from ernie_style.pretrain.loader import DataStreams, StepLayout
 from ernie_style.pretrain.model import ErniePretrainingModel, build_backbone_config, load_backbone
 from ernie_style.pretrain.registry import PretrainTask, get_task
 from ernie_style.pretrain.schedule import ContinualSchedule
 from ernie_style.pretrain.stream import TaskExampleStream
 from ernie_style.tokenizer import load_tokenizer
 from ernie_style.train.balancing import LossBalancer
-from ernie_style.train.checkpoint import (
-    load_optimizer_state_by_name,
-    load_tensors,
-    optimizer_state_by_name,
-    prune,
-    writing_checkpoint,
-)
-from ernie_style.train.deepspeed_support import gather_full_state, is_deepspeed_engine
-from ernie_style.untrusted import load_torch_file
+from ernie_style.train.checkpoint import load_tensors
+from ernie_style.train.engine import load_weights
+from ernie_style.train.optim import build_adamw
 
 #: Backbone config fields that must match between a checkpoint and the run resuming it.
 ARCHITECTURE_KEYS = (
@@ -66,16 +60,8 @@ class RunState:
     #: This process's task streams (one per task and loader slot) and their positions.
     streams: DataStreams
     seed: int
-    nonfinite_in_a_row: int = 0
-    nonfinite_total: int = 0
-    tokens_seen: int = 0
     #: Loss balancing across the step's tasks (`ernie_style.train.balancing`); set by the trainer.
     balancer: LossBalancer | None = None
-    #: The precision the run computes in (`PrecisionChoice.to_dict()`); set by the trainer and
-    #: recorded in every checkpoint and release.
-    precision: dict[str, str] = field(default_factory=dict)
-    #: Set by `load_checkpoint` when the data streams were re-sharded (elastic resume).
-    data_message: str | None = None
     _heldout: dict[str, list[dict]] = field(default_factory=dict)
 
     @property
@@ -204,121 +190,15 @@ def step_layout(config: PretrainConfig, rank: int = 0, world: int = 1) -> StepLa
     )
 
 
-def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW parameter groups: weight decay on weight matrices, none on biases and LayerNorm."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.dim() < 2 else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
 def build_optimizer(
     model: torch.nn.Module, config: PretrainConfig, fused: bool = False
 ) -> torch.optim.AdamW:
-    """AdamW with weight decay on weight matrices only (not biases, LayerNorm, embeddings'
-    LayerNorm); `fused` uses torch's single-kernel implementation."""
-    groups = decay_groups(model, config.optim.weight_decay)
-    o = config.optim
-    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)
+    """AdamW from the config's `optim` section (weight decay on weight matrices only);
+    `fused` uses torch's single-kernel implementation."""
+    return build_adamw(model, config.optim, fused=fused)
 
 
-def _param_names(
-    model: torch.nn.Module, balancer: LossBalancer | None = None
-) -> dict[torch.nn.Parameter, str]:
-    """Parameter -> checkpoint name (the balancer's own parameters as `balancer.*`)."""
-    names = {p: n for n, p in model.named_parameters()}
-    if balancer is not None:
-        names |= {p: f"balancer.{n}" for n, p in balancer.named_parameters()}
-    return names
-
-
-def save_checkpoint(
-    state: RunState, accelerator: Any, model: Any, optimizer: Any, config: PretrainConfig
-) -> Path:
-    """Write `output_dir/checkpoints/step-N` (main process) and prune old ones."""
-    root = Path(config.output_dir) / "checkpoints"
-    step = state.schedule.step
-    accelerator.wait_for_everyone()
-    positions = state.streams.state_dict(gather_from_ranks)  # a collective: every rank
-    path = root / f"step-{step:08d}"
-    if is_deepspeed_engine(model):
-        # ZeRO shards weights/moments: gather them per name (a collective, on every rank).
-        weights, optimizer_state = gather_full_state(model)
-        unwrapped = model.module
-    else:
-        unwrapped = accelerator.unwrap_model(model)
-        weights = unwrapped.state_dict()
-        optimizer_state = optimizer_state_by_name(
-            state.optimizer, _param_names(unwrapped, state.balancer)
-        )
-    if accelerator.is_main_process:
-        # A failed write (disk full...) removes the temp dir and raises CheckpointWriteError.
-        with writing_checkpoint(root, step) as writer:
-            writer.save_tensors("model.safetensors", weights)
-            writer.save_torch("optimizer.pt", optimizer_state)
-            if state.balancer is not None:
-                writer.save_torch("balancer.pt", state.balancer.state_dict())
-            writer.save_tensors("rng_state.safetensors", {"torch": torch.get_rng_state()})
-            writer.save_json("trainer_state.json", _trainer_state(state, accelerator, positions))
-            writer.save_text("config.yaml", dump_yaml(config))
-            state.tokenizer.save_pretrained(str(writer.tmp / "tokenizer"))
-            writer.save_json("backbone_config.json", unwrapped.backbone.config.to_dict())
-            path = writer.commit({"step": step})
-        prune(root, config.keep_checkpoints)
-    accelerator.wait_for_everyone()
-    return path
-
-
-def _trainer_state(
-    state: RunState, accelerator: Any, stream_positions: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "step": state.schedule.step,
-        "schedule": state.schedule.state_dict(),
-        "streams": stream_positions,
-        "tasks": {name: t.task_id for name, t in state.tasks.items()},
-        "tokenizer_fingerprint": tokenizer_fingerprint(state.tokenizer),
-        "nonfinite_total": state.nonfinite_total,
-        "tokens_seen": state.tokens_seen,
-        "nonfinite_in_a_row": state.nonfinite_in_a_row,
-        "num_processes": accelerator.num_processes,
-        "precision": state.precision,
-    }
-
-
-def load_checkpoint(state: RunState, checkpoint: Path, config: PretrainConfig) -> list[str]:
-    """Restore a checkpoint into a freshly built state; returns the tasks new to this run."""
-    trainer_state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    backbone_config = json.loads((checkpoint / "backbone_config.json").read_text(encoding="utf-8"))
-    _check_compatible(
-        state, checkpoint, backbone_config, trainer_state.get("tokenizer_fingerprint")
-    )
-    weights = load_tensors(checkpoint / "model.safetensors")
-    new_tasks = _load_model_weights(state, weights, set(trainer_state["tasks"]), checkpoint)
-    saved_optimizer = load_torch_file(checkpoint / "optimizer.pt")
-    params = {n: p for p, n in _param_names(state.model, state.balancer).items()}
-    load_optimizer_state_by_name(state.optimizer, saved_optimizer, params)
-    if state.balancer is not None and (checkpoint / "balancer.pt").is_file():
-        state.balancer.load_state_dict(load_torch_file(checkpoint / "balancer.pt"))
-    state.schedule.load_state_dict(trainer_state["schedule"])
-    state.data_message = state.streams.load_state_dict(trainer_state["streams"])
-    state.nonfinite_total = int(trainer_state.get("nonfinite_total", 0))
-    state.tokens_seen = int(trainer_state.get("tokens_seen", 0))
-    torch.set_rng_state(load_tensors(checkpoint / "rng_state.safetensors")["torch"])
-    return new_tasks
-
-
-def load_full_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A checkpoint's weights and by-name optimizer state (safetensors / weights_only)."""
-    optimizer_state = load_torch_file(checkpoint / "optimizer.pt")
-    return load_tensors(checkpoint / "model.safetensors"), optimizer_state
-
-
-def _check_compatible(
+def check_compatible(
     state: RunState, source: Path, saved_config: dict[str, Any], saved_tokenizer: str | None
 ) -> None:
     """Refuse a checkpoint or release whose model size or tokenizer differs from the run's."""
@@ -361,10 +241,11 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(json.dumps([lowercase, vocab]).encode("utf-8")).hexdigest()
 
 
-def load_release(state: RunState, release: Path) -> list[str]:
+def load_release(state: RunState, release: Path) -> tuple[list[str], int]:
     """Continue pretraining from a release: encoder weights, the heads of tasks the release
     trained, and its schedule history. AdamW starts fresh (releases carry no optimizer state)
-    and data streams start from the beginning of the corpus. Returns the tasks new to this run.
+    and data streams start from the beginning of the corpus. Returns the tasks new to this run
+    and the tokens the release had trained on.
     """
     from ernie_style.pretrain.export import HEADS_FILE, RELEASE_MARKER
 
@@ -372,7 +253,7 @@ def load_release(state: RunState, release: Path) -> list[str]:
     from ernie_style.tokenizer import load_tokenizer
 
     saved_config = json.loads((release / "config.json").read_text(encoding="utf-8"))
-    _check_compatible(state, release, saved_config, tokenizer_fingerprint(load_tokenizer(release)))
+    check_compatible(state, release, saved_config, tokenizer_fingerprint(load_tokenizer(release)))
     encoder = load_tensors(release / "model.safetensors")
     weights = {
         "backbone." + k.removeprefix("ernie."): v
@@ -381,7 +262,7 @@ def load_release(state: RunState, release: Path) -> list[str]:
     }
     heads = load_tensors(release / HEADS_FILE)
     weights |= {k: v for k, v in heads.items() if k.split(".")[1] in state.tasks}
-    new_tasks = _load_model_weights(state, weights, set(info["tasks"]), release)
+    new_tasks = [t for t in state.tasks if t not in info["tasks"]]
+    load_weights(state.model, weights, [f"heads.{t}." for t in new_tasks], release)
     state.schedule.load_state_dict(info["schedule"])
-    state.tokens_seen = int(info.get("tokens_seen", 0))
-    return new_tasks
+    return new_tasks, int(info.get("tokens_seen", 0))

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from ernie_style.testing import ROOT
+from ernie_style.train.optim import OPTIM_KEYS
 
 __all__ = [
     "DEMO_CONFIG",
@@ -68,14 +69,14 @@ def write_config(
     path: Path, encoder: Path, output: Path, tasks: list[dict[str, Any]], **top: Any
 ) -> Path:
     """Write a fine-tuning config to `path`: fp32 (exact comparisons), small batches, a high
-    learning rate; `top` overrides top-level entries."""
+    learning rate; `top` overrides top-level entries (optimizer keys go to `optim`)."""
+    optim = {"lr": 1e-3, "warmup_ratio": 0.05} | {k: top.pop(k) for k in OPTIM_KEYS if k in top}
     data = {
         "output_dir": str(output),
         "encoder": str(encoder),
         "precision": "fp32",  # exact comparisons (the pretraining helper uses auto)
         "epochs": 4,
-        "lr": 1e-3,
-        "warmup_ratio": 0.05,
+        "optim": optim,
         "batch_size": 16,
         "sampling": "proportional",
         "log_every": 5,

@@ -13,16 +13,23 @@ from ernie_style.fileio import save_figure
 HELDOUT_CSV = "heldout.csv"
 HELDOUT_PNG = "heldout_loss.png"
 TRAIN_CSV = "train_loss.csv"
-_FIELDS = ["step", "stage", "task", "loss", "accuracy"]
-_HELDOUT_FIELDS = [*_FIELDS, "majority"]
+#: train_loss.csv: one row per task and step, the same columns for pretraining (stage set,
+#: epoch empty) and fine-tuning (epoch set, stage empty).
+TRAIN_FIELDS = ["step", "stage", "epoch", "task", "loss"]
+#: The columns train_loss.csv had before (fine-tuning wrote its epoch under `stage`).
+_OLD_TRAIN_FIELDS = ["step", "stage", "task", "loss", "accuracy"]
+_HELDOUT_FIELDS = ["step", "stage", "task", "loss", "accuracy", "majority"]
 
 
 class RunLogger:
     """Writes TensorBoard events and CSVs under the run directory (main process only)."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True, phase: str = "stage") -> None:
         self.run_dir = run_dir
         self.enabled = enabled
+        #: What the run's phases are ("stage" or "epoch"): what an old train_loss.csv's
+        #: `stage` column held.
+        self.phase = phase
         self._tb = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
@@ -35,12 +42,16 @@ class RunLogger:
             for key, value in values.items():
                 self._tb.add_scalar(key, value, step)
 
-    def train_losses(self, step: int, stage: int, losses: Mapping[str, float]) -> None:
+    def train_losses(
+        self, step: int, stage: int | str, epoch: int | str, losses: Mapping[str, float]
+    ) -> None:
         """Append per-task training losses of one step to train_loss.csv (full precision: the
         shortest text that reads back as the same float, so logs compare bit for bit)."""
         if self.enabled:
-            rows = [[step, stage, task, repr(float(loss)), ""] for task, loss in losses.items()]
-            _append_csv(self.run_dir / TRAIN_CSV, rows)
+            path = self.run_dir / TRAIN_CSV
+            _upgrade_train_csv(path, self.phase)
+            rows = [[step, stage, epoch, task, repr(float(loss))] for task, loss in losses.items()]
+            _append_csv(path, rows, TRAIN_FIELDS)
 
     def heldout(self, step: int, stage: int, results: Mapping[str, Mapping[str, float]]) -> None:
         """Record one held-out evaluation (task -> loss/accuracy/majority) in CSV and
@@ -75,7 +86,29 @@ class RunLogger:
             self._tb.close()
 
 
-def _append_csv(path: Path, rows: list[list], fields: Sequence[str] = _FIELDS) -> None:
+def _upgrade_train_csv(path: Path, phase: str) -> None:
+    """Rewrite a train_loss.csv of the old column layout (a run resumed across versions) in
+    the current one, atomically; its `stage` column held the run's `phase` (fine-tuning wrote
+    its epoch there)."""
+    if not path.exists():
+        return
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0] != _OLD_TRAIN_FIELDS:
+        return
+    epochs = phase == "epoch"
+    upgraded = [TRAIN_FIELDS]
+    for step, stage, task, loss, _ in rows[1:]:
+        upgraded.append([step, "", stage, task, loss] if epochs else [step, stage, "", task, loss])
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(upgraded)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _append_csv(path: Path, rows: list[list], fields: Sequence[str]) -> None:
     new = not path.exists()
     with path.open("a", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)

@@ -33,7 +33,7 @@ def simulation(tmp_path) -> Path:
         _slice(EXAMPLE / "seed" / f"{task}.jsonl", data / "seed" / f"{task}.jsonl", 10)
         _slice(EXAMPLE / "oracle" / f"{task}.jsonl", data / "oracle" / f"{task}.jsonl", 40)
     finetune = yaml.safe_load(SHIPPED.read_text())
-    finetune |= {"encoder": str(encoder), "epochs": 1, "precision": "no", "lr": 1e-3}
+    finetune |= {"encoder": str(encoder), "epochs": 1, "precision": "no", "optim": {"lr": 1e-3}}
     for task in finetune["tasks"]:
         task["data"]["train"] = str(data / "seed" / f"{task['name']}.jsonl")
         dev = data / "dev" / f"{task['name']}.jsonl"
