@@ -3,16 +3,30 @@ tasks added later, and identical weights on simulated processes with different l
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import io
 import math
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from ernie_style.train.balancing import BALANCERS, balancer_class, build_balancer, check_options
+from ernie_style.components import balancer_registry
+from ernie_style.config import option
+from ernie_style.train.balancing import (
+    BALANCERS,
+    LossBalancer,
+    balancer_class,
+    build_balancer,
+    check_options,
+    register_balancer,
+    registered_balancers,
+)
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "loss_balancing.md"
 
 
 @pytest.fixture(autouse=True)
@@ -97,6 +111,108 @@ def test_defaults_match_constructor(name):
         if p.kind is p.KEYWORD_ONLY
     }
     assert keyword == dict(cls.defaults)
+
+
+#: Every strategy's options as docs/loss_balancing.md documents them (ints where floats go).
+DOCUMENTED = {
+    "equal": {},
+    "fixed": {"weights": {"a": 0.5, "b": 2}},
+    "uncertainty": {"init_log_variance": -1},
+    "dwa": {"temperature": 1},
+    "gradnorm": {"alpha": 0.5, "lr": 0.01, "ema": 0},
+    "dtp": {"gamma": 1, "alpha": 0.5, "kpi_from_loss": True},
+}
+
+
+@pytest.mark.parametrize("name", BALANCERS)
+def test_each_config_accepts_its_documented_options(name):
+    cls = balancer_class(name)
+    assert dataclasses.is_dataclass(cls.Config) and cls.name == name
+    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    assert set(fields) == set(DOCUMENTED[name]) == set(cls.defaults)
+    assert all(f.metadata.get("help") for f in fields.values())
+    docs = DOCS.read_text(encoding="utf-8")
+    assert all(f"`{key}`" in docs for key in fields), "document every option"
+    config = check_options(name, DOCUMENTED[name], "balancing_options")
+    assert isinstance(config, cls.Config)
+    for key, value in DOCUMENTED[name].items():
+        assert getattr(config, key) == value
+        if isinstance(value, int) and not isinstance(value, bool):
+            assert type(getattr(config, key)) is float
+    balancer = build_balancer(name, ["a", "b"], config)
+    assert balancer.options == {**dict(cls.defaults), **DOCUMENTED[name]}
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        (
+            "dwa",
+            {"temprature": 1.0},
+            r"^balancing_options\.temprature: unknown option for loss balancing strategy 'dwa'; "
+            "valid: temperature$",
+        ),
+        ("dtp", {"gama": 1, "alpha": 0.5}, r"^balancing_options\.gama: unknown option.*gamma"),
+        ("equal", {"weights": {}}, r"^balancing_options\.weights: unknown option.*valid: none"),
+        ("gradnorm", {"lr": "fast"}, "config key 'balancing_options.lr' must be float"),
+        ("dtp", {"kpi_from_loss": "yes"}, "config key 'balancing_options.kpi_from_loss' must"),
+        ("fixed", {"weights": {"a": "x"}}, "config key 'balancing_options.weights.a' must"),
+        ("fixed", {"weights": {"a": -1}}, r"^balancing_options\.weights\.a must be a finite"),
+        ("dwa", {"temperature": 0}, r"^balancing_options\.temperature must be a finite"),
+        ("gradnorm", {"ema": 1.0}, r"^balancing_options\.ema must be a finite number in \["),
+    ],
+)
+def test_bad_options_name_the_dotted_key(name, options, message):
+    with pytest.raises(ValueError, match=message):
+        check_options(name, options, "balancing_options")
+
+
+@pytest.fixture
+def halved():
+    """A custom strategy, registered with the decorator for the test only."""
+
+    @register_balancer("halved")
+    class HalvedBalancer(LossBalancer):
+        """Weight `factor` for every task."""
+
+        @dataclasses.dataclass
+        class Config:
+            """Options of `halved`."""
+
+            factor: float = option(0.5, "the weight of every task")
+
+        def __init__(self, tasks, reduce=None, *, factor: float = 0.5) -> None:
+            super().__init__(reduce)
+            self.factor = self._configure(factor=factor).factor
+            self._add_tasks(tasks)
+
+        def _weight(self, task: str) -> float:
+            return self.factor
+
+    yield HalvedBalancer
+    balancer_registry.unregister("halved")
+
+
+def test_a_custom_strategy_registers_with_the_decorator(halved):
+    assert registered_balancers() == (*BALANCERS, "halved")
+    assert balancer_class("halved") is halved and halved.defaults == {"factor": 0.5}
+    balancer = build_balancer("halved", ["a", "b"], {"factor": 0.25})
+    assert balancer({"a": torch.tensor(4.0), "b": torch.tensor(2.0)}).item() == 1.5
+    with pytest.raises(ValueError, match=r"^balancing_options\.fctor: unknown option.*factor"):
+        check_options("halved", {"fctor": 1}, "balancing_options")
+
+
+def test_the_decorator_checks_what_it_registers(halved):
+    with pytest.raises(ValueError, match="'dwa' is already registered by DWABalancer"):
+        register_balancer("dwa")(halved)
+    with pytest.raises(TypeError, match="decorates LossBalancer subclasses"):
+        register_balancer("plain")(dict)
+    with pytest.raises(TypeError, match="`Config` dataclass"):
+
+        class Untyped(LossBalancer):
+            Config = dict  # not a dataclass
+
+    assert registered_balancers() == (*BALANCERS, "halved")
 
 
 def test_losses_must_be_known_scalars():

@@ -106,3 +106,24 @@ def test_a_copy_moved_aside_by_a_killed_replacing_writer_is_put_back(tmp_path):
     (tmp_path / f".trash-{final.name}-{dead_pid}").mkdir()
     recover_replaced(tmp_path)
     assert not list(tmp_path.glob(".trash-*"))
+
+
+def test_replacing_a_checkpoint_never_leaves_the_step_missing(tmp_path, monkeypatch):
+    import ernie_style.fileio as fileio
+    from ernie_style.train.checkpoint import CheckpointWriter, find_resumable
+
+    writer = CheckpointWriter(tmp_path, 4)
+    writer.save_text("a.txt", "old")
+    final = writer.commit()
+    # A system without the atomic exchange: the old copy is renamed aside first. A writer
+    # killed between the two renames leaves `.step-N.old-PID-TOKEN` and no step-N...
+    monkeypatch.setattr(fileio, "_exchange", lambda new, target: False)
+    dead_pid = 2**22 + 7  # above the default pid_max: no such process
+    os.replace(final, tmp_path / f".{final.name}.old-{dead_pid}-beef")
+    assert find_resumable(tmp_path) == final  # ...which the next search puts back
+    assert (final / "a.txt").read_text() == "old"
+    # A completed replacement (rename-aside path) has the new copy in place and nothing aside.
+    writer = CheckpointWriter(tmp_path, 4)
+    writer.save_text("a.txt", "new")
+    assert writer.commit() == final and (final / "a.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]

@@ -1,8 +1,9 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from ernie_style.config import Override, apply_overrides, load_config
+from ernie_style.config import Override, apply_overrides, dump_yaml, load_config, option
 from ernie_style.pretrain.config import PretrainConfig
 
 BASE = [
@@ -148,3 +149,80 @@ def test_float_keys_accept_exponents_without_a_dot(tmp_path):
     assert config.optim.lr == 3e-5
     with pytest.raises(ValueError, match=r"optim\.lr.*must be float"):
         load_config(PretrainConfig, None, ["data.corpus=x", "optim.lr=fast"])
+
+
+# ---- balancing_options: the strategy's typed Config, checked at load ------------------------
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["balancing=dwa", "balancing_options={temprature: 3}"],
+            r"balancing_options\.temprature: unknown option for loss balancing strategy 'dwa'; "
+            "valid: temperature",
+        ),
+        (
+            ["balancing=gradnorm", "balancing_options.lr=fast"],
+            "config key 'balancing_options.lr' must be float",
+        ),
+        (["balancing=dwa", "balancing_options.temperature=0"], r"balancing_options\.temperature"),
+        (["balancing_options.temperature=2"], r"balancing_options\.temperature: unknown option"),
+        (["balancing=magic"], "balancing: unknown strategy 'magic'; valid: equal, fixed"),
+    ],
+)
+def test_balancing_options_are_checked_at_load_naming_the_key(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(PretrainConfig, None, [*BASE, *overrides])
+
+
+def test_balancing_options_keep_their_yaml_shape_and_give_a_typed_config(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "data: {corpus: c}\ntasks: {capitalization: {budget: 10}}\n"
+        "balancing: gradnorm\nbalancing_options:\n  alpha: 1\n  ema: 0.5\n"
+    )
+    config = load_config(PretrainConfig, path)
+    assert config.balancing_options == {"alpha": 1, "ema": 0.5}  # as written
+    typed = config.balancing_config()
+    assert (typed.alpha, typed.lr, typed.ema) == (1.0, 0.025, 0.5)
+    assert type(typed.alpha) is float
+    (tmp_path / "again.yaml").write_text(dump_yaml(config))  # what a run directory keeps
+    assert load_config(PretrainConfig, tmp_path / "again.yaml") == config
+    with pytest.raises(ValueError, match=r"run\.yaml: balancing_options\.emma: unknown"):
+        path.write_text(path.read_text().replace("ema:", "emma:"))
+        load_config(PretrainConfig, path)
+
+
+def test_a_custom_balancer_can_be_named_in_a_pretrain_config():
+    from ernie_style.components import balancer_registry
+    from ernie_style.train.balancing import LossBalancer, build_balancer, register_balancer
+
+    @register_balancer("tripled")
+    class TripledBalancer(LossBalancer):
+        """Weight `factor` for every task."""
+
+        @dataclasses.dataclass
+        class Config:
+            """Options of `tripled`."""
+
+            factor: float = option(3.0, "the weight of every task")
+
+        def __init__(self, tasks, reduce=None, *, factor: float = 3.0) -> None:
+            super().__init__(reduce)
+            self.factor = self._configure(factor=factor).factor
+            self._add_tasks(tasks)
+
+        def _weight(self, task: str) -> float:
+            return self.factor
+
+    try:
+        config = load_config(
+            PretrainConfig, None, [*BASE, "balancing=tripled", "balancing_options.factor=2"]
+        )
+        assert config.balancing_config() == TripledBalancer.Config(factor=2.0)
+        balancer = build_balancer(config.balancing, list(config.tasks), config.balancing_options)
+        assert balancer.weights() == {"knowledge_masking": 2.0, "capitalization": 2.0}
+        typo = [*BASE, "balancing=tripled", "balancing_options.factr=2"]
+        with pytest.raises(ValueError, match=r"balancing_options\.factr: unknown option"):
+            load_config(PretrainConfig, None, typo)
+    finally:
+        balancer_registry.unregister("tripled")

@@ -15,15 +15,13 @@ import csv
 import io
 import json
 import math
-import os
-import shutil
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ernie_style.fileio import atomic_write
+from ernie_style.fileio import atomic_dir, atomic_write
 from ernie_style.finetune.config import DEFAULT_LABEL_FIELD, FinetuneConfig, FinetuneTask
 from ernie_style.finetune.data import Encoded, encode_examples
 from ernie_style.finetune.readers import DataError, RawExample, read_records
@@ -312,10 +310,5 @@ def _rewrite_dataset(path: Path, drop: set[str]) -> None:
 
     dataset = datasets.load_from_disk(str(path))
     kept = dataset.filter(lambda row: record_id(row[ID_FIELD]) not in drop)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    kept.save_to_disk(str(tmp))
-    path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(path) as tmp:  # the old pool stays in place until the new one is whole
+        kept.save_to_disk(str(tmp))

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ernie_style.components import balancer_registry, sharing_registry
 from ernie_style.config import option
 from ernie_style.defaults import Precision
 
+#: The fine-tuning task types (`ernie_style.finetune.heads` has one head class for each).
 TASK_TYPES = (
     "classification",
     "pair_classification",
@@ -53,10 +55,19 @@ DEFAULT_LABEL_FIELD = {t: "tags" if t == "token_classification" else "label" for
 SILVER_SCHEMES = ("silver:pos", "silver:ner")
 SILVER_MIXES = ("silver", "gold", "both")
 SAMPLING_STRATEGIES = ("proportional", "temperature", "uniform")
-BALANCING_STRATEGIES = ("equal", "fixed", "uncertainty", "dwa", "gradnorm", "dtp")
-SHARING_STRATEGIES = ("hard", "mmoe", "ple", "cgc")
 DATA_SUFFIXES = (".csv", ".tsv", ".jsonl")
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Names derived from the component registries on first use (PEP 562): asking for them
+#: imports the components (and torch), importing this module does not.
+_REGISTERED = {"BALANCING_STRATEGIES": balancer_registry, "SHARING_STRATEGIES": sharing_registry}
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """`BALANCING_STRATEGIES` / `SHARING_STRATEGIES`: the names of the registered loss
+    balancers and sharing layers (`ernie_style.components`)."""
+    if name in _REGISTERED:
+        return _REGISTERED[name].names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -275,10 +286,18 @@ class FinetuneConfig:
     batch_size: int = option(32, "examples per batch, for tasks that do not set their own")
     sampling: str = option("proportional", "task sampling: proportional | temperature | uniform")
     temperature: float = option(2.0, "sampling: temperature -> p(task) ~ n_task^(1/T)")
-    balancing: str = option("equal", "loss balancing: equal|fixed|uncertainty|dwa|gradnorm|dtp")
-    balancing_options: dict[str, Any] = option({}, "options of the balancing strategy")
-    sharing: str = option("hard", "parameter sharing: hard | mmoe | ple | cgc")
-    sharing_options: dict[str, Any] = option({}, "options of the sharing strategy")
+    balancing: str = option(
+        "equal", "loss balancing strategy: a registered balancer (docs/loss_balancing.md)"
+    )
+    balancing_options: dict[str, Any] = option(
+        {}, "options of the balancing strategy: the fields of its Config (checked at load)"
+    )
+    sharing: str = option(
+        "hard", "parameter sharing: a registered sharing layer (ernie_style/finetune/sharing.py)"
+    )
+    sharing_options: dict[str, Any] = option(
+        {}, "options of the sharing layer: the fields of its Config (checked at load)"
+    )
     use_task_id: bool | None = option(None, "feed task ids (default: the encoder's use_task_id)")
     checkpoint_every: int = option(0, "save a checkpoint every N steps (0: at epoch ends only)")
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
@@ -311,8 +330,10 @@ class FinetuneConfig:
         _check_choice("sampling", self.sampling, SAMPLING_STRATEGIES)
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        _check_choice("balancing", self.balancing, BALANCING_STRATEGIES)
-        _check_choice("sharing", self.sharing, SHARING_STRATEGIES)
+        _check_choice("balancing", self.balancing, balancer_registry.names())
+        self.balancing_config()
+        _check_choice("sharing", self.sharing, sharing_registry.names())
+        self.sharing_config()
         if not self.tasks:
             raise ValueError("tasks: at least one task is required")
         names = [task.name for task in self.tasks]
@@ -334,6 +355,16 @@ class FinetuneConfig:
                         f"tasks[{i}].silver_source: {source.name!r} has silver labels itself; "
                         "name a task with its own data"
                     )
+
+    def balancing_config(self) -> Any:
+        """`balancing_options` as the balancing strategy's typed `Config` (errors name the
+        dotted key, e.g. `balancing_options.temprature`)."""
+        return balancer_registry.parse(self.balancing, self.balancing_options, "balancing_options")
+
+    def sharing_config(self) -> Any:
+        """`sharing_options` as the sharing layer's typed `Config` (errors name the dotted
+        key, e.g. `sharing_options.num_expert`)."""
+        return sharing_registry.parse(self.sharing, self.sharing_options, "sharing_options")
 
     @property
     def tokenizer_path(self) -> str:

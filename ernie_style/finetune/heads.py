@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ernie_style.finetune.config import TASK_TYPES as TASK_TYPES  # re-exported
 from ernie_style.pretrain.examples import IGNORE_INDEX
 
 #: Initial weight standard deviation, as `ErnieConfig.initializer_range`.
@@ -296,6 +297,7 @@ class TokenClassificationHead(FinetuneHead):
         return total / count.to(total.dtype)
 
 
+#: The head class of each task type (of `TASK_TYPES`, which the config module defines).
 HEAD_TYPES: dict[str, type[FinetuneHead]] = {
     cls.task_type: cls
     for cls in (
@@ -306,8 +308,6 @@ HEAD_TYPES: dict[str, type[FinetuneHead]] = {
         TokenClassificationHead,
     )
 }
-#: The fine-tuning task types.
-TASK_TYPES: tuple[str, ...] = tuple(HEAD_TYPES)
 
 _HEAD_OPTIONS: dict[str, frozenset[str]] = {
     "classification": frozenset({"label_smoothing"}),

@@ -15,6 +15,11 @@ costs nothing, so a trainer passes only the output the head reads (`head.reads`)
   task's input, shared experts the shared input (all the encoder output at level 1).
 - `cgc` (Customized Gate Control): `ple` with a single level.
 
+A sharing layer is one `SharingLayer` subclass decorated with `@register_sharing("name")`
+whose options are a nested `Config` dataclass, taken as keyword arguments of its
+`__init__(hidden_size, tasks, **options)`; `sharing_options` in a fine-tuning config is
+validated against that `Config` when the config is loaded.
+
 Rules common to the mixtures:
 
 - Gate input = the tensor being mixed: gates and experts work per position on the sequence
@@ -44,17 +49,20 @@ Rules common to the mixtures:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ernie_style.components import check_count, check_number, option_values, sharing_registry
+from ernie_style.config import option
+
 #: Initial weight standard deviation, as `ErnieConfig.initializer_range`.
 INITIALIZER_RANGE = 0.02
-#: The sharing architectures.
-SHARING_KINDS: tuple[str, ...] = ("hard", "mmoe", "ple", "cgc")
+S = TypeVar("S", bound=type)
 
 
 def zero_touch(parameters: Iterable[torch.Tensor]) -> torch.Tensor | None:
@@ -110,11 +118,49 @@ def _mix(weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     return torch.einsum("...e,...eh->...h", weights.to(experts.dtype), experts)
 
 
+@dataclass
+class NoOptions:
+    """A sharing layer without options."""
+
+
+@dataclass
+class ExpertOptions:
+    """Options of every mixture-of-experts layer."""
+
+    expert_hidden: int | None = option(
+        None, "hidden size d of each expert, Linear(H, d) -> Linear(d, H) (default: H)"
+    )
+    dropout: float = option(0.1, "dropout inside the experts, in [0, 1)")
+    residual: bool = option(True, "output = input + mixture (starts near the encoder output)")
+    touch_unused: bool = option(
+        True, "zero gradient for parameters a step does not use (DDP without find_unused)"
+    )
+
+    def validate(self) -> None:
+        """expert_hidden >= 1 (when given), dropout in [0, 1)."""
+        if self.expert_hidden is not None:
+            check_count("expert_hidden", self.expert_hidden)
+        self.dropout = check_number("dropout", self.dropout, 0.0, 1.0, open_high=True)
+
+
+def register_sharing(name: str) -> Callable[[S], S]:
+    """Class decorator: register a `SharingLayer` subclass as sharing kind `name`, which
+    fine-tuning configs can then name in `sharing` (its `Config` validates `sharing_options`)."""
+
+    def decorate(cls: S) -> S:
+        if not (isinstance(cls, type) and issubclass(cls, SharingLayer)):
+            raise TypeError(f"@register_sharing({name!r}) decorates SharingLayer subclasses")
+        return sharing_registry.register(name)(cls)
+
+    return decorate
+
+
 class SharingLayer(nn.Module):
     """Base class: `forward(task, sequence_output, pooled_output)` gives the task's view of the
-    encoder output; `add_task(name)` makes room for a new task."""
+    encoder output; `add_task(name)` makes room for a new task. `kind` is the registered name."""
 
     kind: str = ""
+    Config: ClassVar[type] = NoOptions
 
     def __init__(self, touch_unused: bool = True) -> None:
         super().__init__()
@@ -161,10 +207,13 @@ class SharingLayer(nn.Module):
         return outputs[0], outputs[1]
 
 
+@register_sharing("hard")
 class HardSharing(SharingLayer):
     """Hard parameter sharing: the identity, every head reads the encoder output."""
 
-    kind = "hard"
+    @dataclass
+    class Config:
+        """No options."""
 
     def __init__(self, hidden_size: int, tasks: Sequence[str]) -> None:
         super().__init__(touch_unused=False)
@@ -172,10 +221,20 @@ class HardSharing(SharingLayer):
             self.add_task(name)
 
 
+@register_sharing("mmoe")
 class MMoESharing(SharingLayer):
     """Multi-gate Mixture-of-Experts: shared experts, one softmax gate per task."""
 
-    kind = "mmoe"
+    @dataclass
+    class Config(ExpertOptions):
+        """Options of `mmoe`."""
+
+        num_experts: int = option(4, "shared experts E >= 1")
+
+        def validate(self) -> None:
+            """The expert options and num_experts >= 1."""
+            super().validate()
+            check_count("num_experts", self.num_experts)
 
     def __init__(
         self,
@@ -268,6 +327,21 @@ class CGCLevel(nn.Module):
             self.shared_gate.add_task(name, self.num_task_experts)
 
 
+@dataclass
+class PLEOptions(ExpertOptions):
+    """Options of `cgc`, and of `ple` with `levels`."""
+
+    shared_experts: int = option(2, "shared experts per level, >= 1")
+    task_experts: int = option(1, "experts of each task per level, >= 1")
+
+    def validate(self) -> None:
+        """The expert options and expert counts >= 1."""
+        super().validate()
+        check_count("shared_experts", self.shared_experts)
+        check_count("task_experts", self.task_experts)
+
+
+@register_sharing("ple")
 class PLESharing(SharingLayer):
     """Progressive Layered Extraction: `levels` stacked CGC levels (`cgc` is one level).
 
@@ -277,7 +351,16 @@ class PLESharing(SharingLayer):
     the top level every task's experts run, so with many tasks keep `task_experts` small.
     """
 
-    kind = "ple"
+    @dataclass
+    class Config(PLEOptions):
+        """Options of `ple`."""
+
+        levels: int = option(2, "stacked CGC levels, >= 1")
+
+        def validate(self) -> None:
+            """The PLE options and levels >= 1."""
+            super().validate()
+            check_count("levels", self.levels)
 
     def __init__(
         self,
@@ -292,13 +375,12 @@ class PLESharing(SharingLayer):
         touch_unused: bool = True,
     ) -> None:
         super().__init__(touch_unused)
-        for option, value in (
+        for name, value in (
             ("shared_experts", shared_experts),
             ("task_experts", task_experts),
             ("levels", levels),
         ):
-            if value < 1:
-                raise ValueError(f"{option} must be at least 1, got {value}")
+            check_count(name, value)
         self.residual = residual
         self.levels = nn.ModuleList(
             CGCLevel(
@@ -364,54 +446,52 @@ class PLESharing(SharingLayer):
         return [p for m in modules for p in m.parameters()]
 
 
-_SHARING_OPTIONS: dict[str, frozenset[str]] = {
-    "hard": frozenset(),
-    "mmoe": frozenset({"num_experts", "expert_hidden", "dropout", "residual", "touch_unused"}),
-    "ple": frozenset(
-        {
-            "shared_experts",
-            "task_experts",
-            "levels",
-            "expert_hidden",
-            "dropout",
-            "residual",
-            "touch_unused",
-        }
-    ),
-}
-_SHARING_OPTIONS["cgc"] = _SHARING_OPTIONS["ple"] - {"levels"}
+@register_sharing("cgc")
+class CGCSharing(PLESharing):
+    """Customized Gate Control: a single PLE level (task and shared experts, task gates)."""
+
+    @dataclass
+    class Config(PLEOptions):
+        """Options of `cgc` (those of `ple` without `levels`)."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        tasks: Sequence[str],
+        shared_experts: int = 2,
+        task_experts: int = 1,
+        expert_hidden: int | None = None,
+        dropout: float = 0.1,
+        residual: bool = True,
+        touch_unused: bool = True,
+    ) -> None:
+        super().__init__(
+            hidden_size,
+            tasks,
+            shared_experts,
+            task_experts,
+            1,
+            expert_hidden,
+            dropout,
+            residual,
+            touch_unused,
+        )
+
+
+#: The built-in sharing kinds (`sharing_registry.names()` also lists ones registered later).
+SHARING_KINDS: tuple[str, ...] = sharing_registry.names()
 
 
 def build_sharing(
     kind: str, hidden_size: int, tasks: Sequence[str], **options: Any
 ) -> SharingLayer:
-    """The sharing layer `kind` ("hard", "mmoe", "ple", "cgc") for `tasks`.
+    """The sharing layer `kind` ("hard", "mmoe", "ple", "cgc", or a registered one) for
+    `tasks`; `options` are those of its `Config` (see `SharingLayer` subclasses' `Config`).
 
-    Options: mmoe: num_experts (4), expert_hidden (hidden_size), dropout (0.1), residual
-    (True), touch_unused (True); ple: shared_experts (2), task_experts (1), levels (2),
-    expert_hidden, dropout, residual, touch_unused; cgc: as ple without levels (always 1);
-    hard: none. An unknown kind or an option the kind does not take is a ValueError.
+    An unknown kind, an option the kind does not take, or a bad value is a ValueError.
     """
-    if kind not in _SHARING_OPTIONS:
-        raise ValueError(f"unknown sharing kind {kind!r}; choose one of {list(SHARING_KINDS)}")
-    extra = sorted(set(options) - _SHARING_OPTIONS[kind])
-    if extra:
-        raise ValueError(
-            f"option(s) {extra} not valid for {kind!r} sharing; valid: "
-            f"{sorted(_SHARING_OPTIONS[kind]) or 'none'}"
-        )
+    cls = sharing_registry.get(kind)
     if len(set(tasks)) != len(tasks):
         raise ValueError(f"duplicate task names in {list(tasks)}")
-    if "num_experts" in options and options["num_experts"] < 1:
-        raise ValueError(f"num_experts must be at least 1, got {options['num_experts']}")
-    if options.get("expert_hidden") is not None and options["expert_hidden"] < 1:
-        raise ValueError(f"expert_hidden must be at least 1, got {options['expert_hidden']}")
-    if "dropout" in options and not 0.0 <= options["dropout"] < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {options['dropout']}")
-    if kind == "hard":
-        return HardSharing(hidden_size, tasks)
-    if kind == "mmoe":
-        return MMoESharing(hidden_size, tasks, **options)
-    layer = PLESharing(hidden_size, tasks, **options, **({"levels": 1} if kind == "cgc" else {}))
-    layer.kind = kind
-    return layer
+    config = sharing_registry.parse(kind, options)
+    return cls(hidden_size, tasks, **option_values(config))

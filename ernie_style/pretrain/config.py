@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ernie_style.components import balancer_registry
 from ernie_style.config import option
 from ernie_style.defaults import Precision
 from ernie_style.pretrain.model import MODEL_PRESETS
@@ -132,12 +133,12 @@ class PretrainConfig:
     max_nonfinite_steps: int = option(5, "stop after this many NaN/inf losses in a row")
     num_workers_threads: int = option(0, "torch intra-op threads (0 = torch default)")
     balancing: str = option(
-        "equal", "loss balancing across tasks: equal|fixed|uncertainty|dwa|gradnorm|dtp"
+        "equal", "loss balancing across tasks: a registered balancer (docs/loss_balancing.md)"
     )
     balancing_options: dict[str, Any] = option(
         {},
-        "options of the balancing strategy (docs/loss_balancing.md); dwa windows and dtp "
-        "KPIs (held-out accuracy) follow eval_every",
+        "options of the balancing strategy: the fields of its Config, checked at load; dwa "
+        "windows and dtp KPIs (held-out accuracy) follow eval_every",
     )
     deepspeed: str | None = option(
         None, "DeepSpeed JSON for torchrun launches (accelerate launches name it in their config)"
@@ -165,14 +166,17 @@ class PretrainConfig:
             raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
         if self.optim.grad_accum_steps <= 0:
             raise ValueError("optim.grad_accum_steps must be > 0")
-        from ernie_style.train.balancing import check_options
-
-        try:
-            check_options(self.balancing, self.balancing_options)
-        except ValueError as error:
-            raise ValueError(f"balancing: {error}") from error
+        if self.balancing not in balancer_registry.names():
+            valid = ", ".join(balancer_registry.names())
+            raise ValueError(f"balancing: unknown strategy {self.balancing!r}; valid: {valid}")
+        self.balancing_config()
         if self.schedule.mlm_every_step and "knowledge_masking" not in self.tasks:
             raise ValueError("schedule.mlm_every_step needs knowledge_masking in tasks")
+
+    def balancing_config(self) -> Any:
+        """`balancing_options` as the balancing strategy's typed `Config` (errors name the
+        dotted key, e.g. `balancing_options.temprature`)."""
+        return balancer_registry.parse(self.balancing, self.balancing_options, "balancing_options")
 
     def build_schedule(self) -> ContinualSchedule:
         """The stage plan: explicit allocations if any task gives one, else ERNIE's auto."""

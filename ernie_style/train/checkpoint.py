@@ -36,7 +36,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ernie_style.fileio import pid_alive
+from ernie_style.fileio import pid_alive, replace_dir, sweep_stale_dirs
 
 MANIFEST = "manifest.json"
 STEP_PREFIX = "step-"
@@ -160,17 +160,8 @@ class CheckpointWriter:
             if path.is_file():
                 _fsync(path)
         write_manifest(self.tmp, extra_manifest)
-        if self.final.exists():
-            trash = self.root / f".trash-{self.final.name}-{os.getpid()}"
-            os.replace(self.final, trash)
-            try:
-                os.replace(self.tmp, self.final)
-            except OSError:
-                os.replace(trash, self.final)  # put the old copy back rather than leave none
-                raise
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.final)
+        # An older copy of the same step is replaced without a moment of having neither.
+        replace_dir(self.tmp, self.final)
         return self.final
 
     def abort(self) -> None:
@@ -263,10 +254,14 @@ def prune(root: Path, keep: int) -> None:
 
 
 def recover_replaced(root: Path) -> None:
-    """A writer killed while replacing a checkpoint of the same step leaves the old copy in
-    `.trash-step-N-PID` and maybe no `step-N`: put it back (or drop it if `step-N` exists)."""
+    """A writer killed while replacing a checkpoint of the same step may leave the old copy
+    aside (`.step-N.old-PID-TOKEN` from `fileio.replace_dir` where the system has no atomic
+    exchange; `.trash-step-N-PID` from earlier versions) and maybe no `step-N`: put it back (or
+    drop it if `step-N` exists)."""
     if not root.is_dir():
         return
+    for moved in root.glob(f".{STEP_PREFIX}*.old-*"):
+        sweep_stale_dirs(root / moved.name[1:].split(".old-")[0])
     for moved in root.glob(".trash-*"):
         if pid_alive(moved.name.rsplit("-", 1)[-1]):
             continue

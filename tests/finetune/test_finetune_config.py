@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ernie_style.config import dump_yaml, load_config
+from ernie_style.config import dump_yaml, load_config, option
 from ernie_style.finetune.config import (
     BALANCING_STRATEGIES,
     SHARING_STRATEGIES,
     TASK_METRICS,
+    TASK_TYPES,
     FinetuneConfig,
 )
 
@@ -271,7 +275,8 @@ TYPES = "classification, pair_classification, regression, ranking, token_classif
         ),
         ("temperature", 0, "temperature must be > 0"),
         ("precision", "fp8", "config key 'precision' must be one of"),
-        ("lr_schedule", "step", "config key 'lr_schedule' must be one of"),
+        # Top-level optimizer keys (the old shape) are read as optim.* and named so.
+        ("lr_schedule", "step", "config key 'optim.lr_schedule' must be one of"),
         ("warmup_ratio", 1.5, "warmup_ratio must be in [0, 1)"),
         ("epochs", 0, "epochs must be > 0"),
         ("max_seq_len", 4, "max_seq_len must be >= 8"),
@@ -327,3 +332,154 @@ def test_every_metric_name_is_implemented():
     metrics = pytest.importorskip("ernie_style.finetune.metrics")
     names = {m for allowed in TASK_METRICS.values() for m in allowed}
     assert names <= set(metrics.METRICS)
+
+
+# ---- balancing_options / sharing_options: the component's typed Config, checked at load -----
+@pytest.mark.parametrize(
+    ("updates", "message"),
+    [
+        (
+            {"balancing": "dwa", "balancing_options": {"temprature": 3}},
+            "balancing_options.temprature: unknown option for loss balancing strategy 'dwa'; "
+            "valid: temperature",
+        ),
+        (
+            {"balancing": "dtp", "balancing_options": {"kpi_from_loss": "yes"}},
+            "config key 'balancing_options.kpi_from_loss' must be bool",
+        ),
+        (
+            {"balancing": "fixed", "balancing_options": {"weights": {"ner": -1}}},
+            "balancing_options.weights.ner must be a finite number in [0.0, inf]",
+        ),
+        (
+            {"sharing": "mmoe", "sharing_options": {"num_expert": 2}},
+            "sharing_options.num_expert: unknown option for sharing kind 'mmoe'; valid: dropout",
+        ),
+        (
+            {"sharing": "ple", "sharing_options": {"levels": "two"}},
+            "config key 'sharing_options.levels' must be int",
+        ),
+        (
+            {"sharing": "cgc", "sharing_options": {"dropout": 1}},
+            "sharing_options.dropout must be a finite number in [0.0, 1.0)",
+        ),
+        ({"sharing_options": {"num_experts": 2}}, "sharing_options.num_experts: unknown option"),
+    ],
+)
+def test_component_options_are_checked_at_load_naming_the_key(files, updates, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        load(files, {**BASE, **updates})
+    assert str(error.value).startswith(str(files / "run.yaml") + ": ")
+
+
+def test_component_options_keep_their_yaml_shape_and_give_typed_configs(files):
+    config = load(
+        files,
+        {
+            **BASE,
+            "balancing": "fixed",
+            "sharing": "ple",
+            "sharing_options": {"levels": 1, "dropout": 0},
+        },
+    )
+    assert config.balancing_options == {} and config.balancing_config().weights is None
+    assert config.sharing_options == {"levels": 1, "dropout": 0}  # as written
+    typed = config.sharing_config()
+    assert (typed.levels, typed.dropout, typed.shared_experts) == (1, 0.0, 2)
+    (files / "again.yaml").write_text(dump_yaml(config))  # what a run directory keeps
+    assert load_config(FinetuneConfig, files / "again.yaml") == config
+    overridden = load_config(
+        FinetuneConfig, files / "again.yaml", ["sharing=mmoe", "sharing_options={num_experts: 3}"]
+    )
+    assert overridden.sharing_config().num_experts == 3
+
+
+def test_names_come_from_the_registries():
+    from ernie_style.components import balancer_registry, sharing_registry
+    from ernie_style.finetune import config as config_module
+    from ernie_style.finetune.heads import HEAD_TYPES
+    from ernie_style.finetune.heads import TASK_TYPES as HEAD_TASK_TYPES
+
+    assert balancer_registry.names() == BALANCING_STRATEGIES
+    assert SHARING_STRATEGIES == sharing_registry.names() == ("hard", "mmoe", "ple", "cgc")
+    assert HEAD_TASK_TYPES is TASK_TYPES and tuple(HEAD_TYPES) == TASK_TYPES
+    with pytest.raises(AttributeError, match="NO_SUCH_NAME"):
+        config_module.NO_SUCH_NAME  # noqa: B018
+
+
+def test_importing_the_config_module_imports_no_torch():
+    code = (
+        "import sys; import ernie_style.finetune.config; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_custom_components_can_be_named_in_a_finetune_config(files):
+    import torch
+
+    from ernie_style.components import balancer_registry, sharing_registry
+    from ernie_style.finetune.sharing import SharingLayer, build_sharing, register_sharing
+    from ernie_style.train.balancing import LossBalancer, build_balancer, register_balancer
+
+    @register_balancer("capped")
+    class CappedBalancer(LossBalancer):
+        """Weight `cap` for every task."""
+
+        @dataclasses.dataclass
+        class Config:
+            """Options of `capped`."""
+
+            cap: float = option(1.0, "the weight of every task")
+
+        def __init__(self, tasks, reduce=None, *, cap: float = 1.0) -> None:
+            super().__init__(reduce)
+            self.cap = self._configure(cap=cap).cap
+            self._add_tasks(tasks)
+
+        def _weight(self, task: str) -> float:
+            return self.cap
+
+    @register_sharing("doubled")
+    class DoubledSharing(SharingLayer):
+        """Every head reads twice the encoder output (plus `shift`)."""
+
+        @dataclasses.dataclass
+        class Config:
+            """Options of `doubled`."""
+
+            shift: float = option(0.0, "added to the output")
+
+        def __init__(self, hidden_size: int, tasks, shift: float = 0.0) -> None:
+            super().__init__(touch_unused=False)
+            self.shift = shift
+            for name in tasks:
+                self.add_task(name)
+
+        def _transform(self, task: str, x: torch.Tensor) -> torch.Tensor:
+            return 2 * x + self.shift
+
+    try:
+        updates = {
+            "balancing": "capped",
+            "balancing_options": {"cap": 2},
+            "sharing": "doubled",
+            "sharing_options": {"shift": 1},
+        }
+        config = load(files, {**BASE, **updates})
+        assert config.balancing_config() == CappedBalancer.Config(cap=2.0)
+        assert config.sharing_config() == DoubledSharing.Config(shift=1.0)
+        names = [t.name for t in config.tasks]
+        balancer = build_balancer(config.balancing, names, config.balancing_options)
+        assert set(balancer.weights().values()) == {2.0}
+        layer = build_sharing(config.sharing, 4, names, **config.sharing_options)
+        assert layer("ner", None, torch.ones(1, 4))[1].tolist() == [[3.0] * 4]
+        with pytest.raises(ValueError, match=re.escape("sharing_options.shft: unknown option")):
+            load(files, {**BASE, **updates, "sharing_options": {"shft": 1}})
+        with pytest.raises(ValueError, match=re.escape("balancing_options.cp: unknown option")):
+            load(files, {**BASE, **updates, "balancing_options": {"cp": 1}})
+    finally:
+        balancer_registry.unregister("capped")
+        sharing_registry.unregister("doubled")

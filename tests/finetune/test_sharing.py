@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import pytest
 import torch
 from torch.nn import functional as F
 
+from ernie_style.components import sharing_registry
+from ernie_style.config import option
 from ernie_style.finetune.sharing import (
     SHARING_KINDS,
     ExpertBank,
     PLESharing,
+    SharingLayer,
     build_sharing,
+    register_sharing,
     zero_touch,
 )
 
@@ -308,3 +315,125 @@ def test_bfloat16(kind):
     out_seq, out_pooled = sharing("a", seq, pooled)
     assert out_seq.dtype == out_pooled.dtype == torch.bfloat16
     assert torch.isfinite(out_seq).all() and torch.isfinite(out_pooled).all()
+
+
+#: Every kind's options as the docs list them (docs/loss_balancing.md, sharing.py).
+DOCUMENTED = {
+    "hard": {},
+    "mmoe": {
+        "num_experts": 2,
+        "expert_hidden": 8,
+        "dropout": 0,
+        "residual": False,
+        "touch_unused": False,
+    },
+    "ple": {
+        "shared_experts": 1,
+        "task_experts": 2,
+        "levels": 3,
+        "expert_hidden": 8,
+        "dropout": 0.2,
+        "residual": False,
+        "touch_unused": False,
+    },
+    "cgc": {
+        "shared_experts": 3,
+        "task_experts": 1,
+        "expert_hidden": None,
+        "dropout": 0.0,
+        "residual": True,
+        "touch_unused": True,
+    },
+}
+
+
+@pytest.mark.parametrize("kind", SHARING_KINDS)
+def test_each_config_accepts_its_documented_options(kind):
+    assert set(DOCUMENTED) == set(SHARING_KINDS) == set(sharing_registry.names())
+    cls = sharing_registry.get(kind)
+    assert cls.kind == kind and dataclasses.is_dataclass(cls.Config)
+    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    assert set(fields) == set(DOCUMENTED[kind])
+    assert all(f.metadata.get("help") for f in fields.values())
+    # The Config's defaults are the constructor's: the options are one list.
+    init = list(inspect.signature(cls).parameters.values())[2:]
+    assert {p.name: p.default for p in init} == {name: f.default for name, f in fields.items()}
+    config = sharing_registry.parse(kind, DOCUMENTED[kind], "sharing_options")
+    assert isinstance(config, cls.Config)
+    assert dataclasses.asdict(config) == DOCUMENTED[kind]
+    built = build_sharing(kind, H, TASKS, **DOCUMENTED[kind])
+    assert isinstance(built, cls) and built.kind == kind
+    if kind in ("ple", "cgc"):
+        assert len(built.levels) == DOCUMENTED[kind].get("levels", 1)
+        assert built.levels[0].shared_experts.num_experts == DOCUMENTED[kind]["shared_experts"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "message"),
+    [
+        (
+            "mmoe",
+            {"num_expert": 2},
+            r"^sharing_options\.num_expert: unknown option for sharing kind 'mmoe'; valid: "
+            "dropout, expert_hidden, num_experts, residual, touch_unused$",
+        ),
+        ("cgc", {"levels": 2}, r"^sharing_options\.levels: unknown option for sharing kind 'cgc'"),
+        ("hard", {"dropout": 0.1}, r"^sharing_options\.dropout: unknown option.*valid: none"),
+        ("mmoe", {"num_experts": "4"}, "config key 'sharing_options.num_experts' must be int"),
+        ("ple", {"residual": "no"}, "config key 'sharing_options.residual' must be bool"),
+        ("mmoe", {"expert_hidden": 1.5}, "config key 'sharing_options.expert_hidden'"),
+        ("ple", {"levels": 0}, r"^sharing_options\.levels must be an integer >= 1, got 0$"),
+        ("mmoe", {"dropout": 1.0}, r"^sharing_options\.dropout must be a finite number in \["),
+    ],
+)
+def test_bad_options_name_the_dotted_key(kind, options, message):
+    with pytest.raises(ValueError, match=message):
+        sharing_registry.parse(kind, options, "sharing_options")
+
+
+@pytest.fixture
+def scaled():
+    """A custom sharing layer, registered with the decorator for the test only."""
+
+    @register_sharing("scaled")
+    class ScaledSharing(SharingLayer):
+        """Every task sees the encoder output times `scale`."""
+
+        @dataclasses.dataclass
+        class Config:
+            """Options of `scaled`."""
+
+            scale: float = option(1.0, "the factor")
+
+        def __init__(self, hidden_size: int, tasks, scale: float = 1.0) -> None:
+            super().__init__(touch_unused=False)
+            self.scale = scale
+            for name in tasks:
+                self.add_task(name)
+
+        def _transform(self, task: str, x: torch.Tensor) -> torch.Tensor:
+            return x * self.scale
+
+    yield ScaledSharing
+    sharing_registry.unregister("scaled")
+
+
+def test_a_custom_sharing_layer_registers_with_the_decorator(scaled):
+    assert sharing_registry.names() == (*SHARING_KINDS, "scaled")
+    built = build_sharing("scaled", H, TASKS, scale=2)
+    assert isinstance(built, scaled) and built.kind == "scaled" and built.scale == 2.0
+    _, pooled = inputs()
+    torch.testing.assert_close(built("a", None, pooled)[1], 2 * pooled)
+    with pytest.raises(ValueError, match="scle"):
+        build_sharing("scaled", H, TASKS, scle=2)
+    with pytest.raises(ValueError, match="'mmoe' is already registered by MMoESharing"):
+        register_sharing("mmoe")(scaled)
+    with pytest.raises(TypeError, match="decorates SharingLayer subclasses"):
+        register_sharing("plain")(dict)
+
+    class Untyped(SharingLayer):
+        Config = dict  # not a dataclass
+
+    with pytest.raises(TypeError, match="`Config` dataclass"):
+        register_sharing("untyped")(Untyped)
+    assert sharing_registry.names() == (*SHARING_KINDS, "scaled")

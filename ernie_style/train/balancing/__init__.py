@@ -1,7 +1,9 @@
 """Loss balancing: how per-task losses become the one scalar a step backpropagates.
 
 Shared by the pretraining engine and the fine-tuning trainer. Strategies (`BALANCERS`), chosen by
-name with `build_balancer(name, tasks, options, reduce)`; formulas in docs/loss_balancing.md:
+name with `build_balancer(name, tasks, options, reduce)`; formulas in docs/loss_balancing.md.
+A strategy is one `LossBalancer` subclass decorated with `@register_balancer("name")` with its
+options in a nested `Config` dataclass (run configs validate `balancing_options` against it):
 
     equal        weight 1 per task (the total is the sum of the step's losses)
     fixed        constant weights from option `weights`
@@ -42,26 +44,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ernie_style.train.balancing.base import LossBalancer, Reduce
-from ernie_style.train.balancing.dtp import DTPBalancer
-from ernie_style.train.balancing.dwa import DWABalancer
+from ernie_style.components import balancer_registry, option_values
+from ernie_style.train.balancing.base import LossBalancer, Reduce, register_balancer
+
+# The built-in strategies register themselves on import, in this (documented) order.
+# isort: off
 from ernie_style.train.balancing.equal import EqualBalancer
 from ernie_style.train.balancing.fixed import FixedBalancer
-from ernie_style.train.balancing.gradnorm import GradNormBalancer
 from ernie_style.train.balancing.uncertainty import UncertaintyBalancer
+from ernie_style.train.balancing.dwa import DWABalancer
+from ernie_style.train.balancing.gradnorm import GradNormBalancer
+from ernie_style.train.balancing.dtp import DTPBalancer
 
-_CLASSES: dict[str, type[LossBalancer]] = {
-    cls.name: cls
-    for cls in (
-        EqualBalancer,
-        FixedBalancer,
-        UncertaintyBalancer,
-        DWABalancer,
-        GradNormBalancer,
-        DTPBalancer,
-    )
-}
-BALANCERS: tuple[str, ...] = tuple(_CLASSES)
+# isort: on
+
+#: The built-in strategies (`registered_balancers()` also lists ones registered later).
+BALANCERS: tuple[str, ...] = balancer_registry.names()
 
 __all__ = [
     "BALANCERS",
@@ -76,35 +74,36 @@ __all__ = [
     "balancer_class",
     "build_balancer",
     "check_options",
+    "register_balancer",
+    "registered_balancers",
 ]
+
+
+def registered_balancers() -> tuple[str, ...]:
+    """Every registered strategy name: the built-ins, then those registered later."""
+    return balancer_registry.names()
 
 
 def balancer_class(name: str) -> type[LossBalancer]:
     """The class of strategy `name`; a ValueError lists the valid names."""
-    if name not in _CLASSES:
-        raise ValueError(f"unknown loss balancing strategy {name!r}; valid: {', '.join(BALANCERS)}")
-    return _CLASSES[name]
+    return balancer_registry.get(name)
 
 
 def build_balancer(
     name: str,
     tasks: Sequence[str],
-    options: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | Any | None = None,
     reduce: Reduce | None = None,
 ) -> LossBalancer:
-    """A balancer of strategy `name` over `tasks`; `options` override the strategy's
-    `defaults`. Unknown names, option keys and bad option values are ValueErrors."""
+    """A balancer of strategy `name` over `tasks`; `options` (a mapping, or the strategy's
+    `Config`) override the defaults of its `Config`. Unknown names, option keys and bad
+    option values are ValueErrors."""
     cls = balancer_class(name)
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(cls.defaults))
-    if unknown:
-        valid = ", ".join(sorted(cls.defaults)) or "none"
-        raise ValueError(
-            f"unknown option(s) {unknown} for loss balancing strategy {name!r}; valid: {valid}"
-        )
-    return cls(tasks, reduce=reduce, **options)
+    config = balancer_registry.parse(name, options)
+    return cls(tasks, reduce=reduce, **option_values(config))
 
 
-def check_options(name: str, options: Mapping[str, Any] | None = None) -> None:
-    """Validate a strategy name and its options without tasks (for config validation)."""
-    build_balancer(name, (), options)
+def check_options(name: str, options: Mapping[str, Any] | None = None, key: str = "") -> Any:
+    """Validate a strategy name and its options without tasks (for config validation): the
+    strategy's `Config`; with `key` ("balancing_options") errors name the dotted key."""
+    return balancer_registry.parse(name, options, key)

@@ -8,14 +8,24 @@ with `torch.load(weights_only=True)`. Every statistic that drives a weight updat
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
+
+from ernie_style.components import (
+    OptionError,
+    balancer_registry,
+    check_number,
+    option_defaults,
+    option_values,
+)
 
 # Averages (or sums) a tensor over processes: partial(accelerator.reduce, reduction="mean").
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -37,31 +47,56 @@ def float_option(
     open_low: bool = False,
     open_high: bool = False,
 ) -> float:
-    """`value` as a finite float inside the interval, else a ValueError naming the option."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if open_low else value >= low) and (
-            value < high if open_high else value <= high
-        )
-    if not ok:
-        interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
-        raise ValueError(
-            f"loss balancing {strategy!r}: option {key!r} must be a finite number in {interval}, "
-            f"got {value!r}"
-        )
-    return float(value)
+    """`value` as a finite float inside the interval, else an `OptionError` (a ValueError)
+    naming the strategy and the option."""
+    try:
+        return check_number(key, value, low, high, open_low=open_low, open_high=open_high)
+    except OptionError as error:
+        raise balancer_registry.explain(strategy, error) from None
+
+
+@dataclass
+class NoOptions:
+    """A strategy without options."""
+
+
+B = TypeVar("B", bound=type)
+
+
+def register_balancer(name: str) -> Callable[[B], B]:
+    """Class decorator: register a `LossBalancer` subclass as strategy `name`, which configs
+    can then name in `balancing` (its `Config` validates `balancing_options`)."""
+
+    def decorate(cls: B) -> B:
+        if not (isinstance(cls, type) and issubclass(cls, LossBalancer)):
+            raise TypeError(f"@register_balancer({name!r}) decorates LossBalancer subclasses")
+        return balancer_registry.register(name)(cls)
+
+    return decorate
 
 
 class LossBalancer(nn.Module):
     """Base: combines per-task losses into the scalar to backpropagate.
 
-    Subclasses set `name` and `defaults` (their options), implement `_weight` (and `_observe`
-    when they learn from the losses), and call `self._add_tasks(tasks)` at the end of `__init__`.
+    A strategy is one subclass decorated with `@register_balancer("name")` (which sets `name`)
+    that declares its options as a nested `Config` dataclass (`validate()` checks their ranges)
+    and takes the same options as keyword-only `__init__` arguments, passed through
+    `self._configure(...)`. It implements `_weight` (and `_observe` when it learns from the
+    losses) and calls `self._add_tasks(tasks)` at the end of `__init__`.
     """
 
     name: ClassVar[str] = ""
+    Config: ClassVar[type] = NoOptions
+    #: Each option's default, derived from `Config`.
     defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     needs_shared_parameters: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Derive `defaults` from the subclass's `Config`, which must be a dataclass."""
+        super().__init_subclass__(**kwargs)
+        if not (isinstance(cls.Config, type) and dataclasses.is_dataclass(cls.Config)):
+            raise TypeError(f"{cls.__name__} must declare its options as a `Config` dataclass")
+        cls.defaults = MappingProxyType(option_defaults(cls.Config))
 
     def __init__(self, reduce: Reduce | None = None) -> None:
         super().__init__()
@@ -76,6 +111,19 @@ class LossBalancer(nn.Module):
         # Follows .to(device): the device of reduce() calls made before any loss was seen.
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
         self.register_load_state_dict_post_hook(LossBalancer._allow_new_task_keys)
+
+    def _configure(self, **values: Any) -> Any:
+        """The validated `Config` of these option values; sets `self.options`. A bad value is
+        an `OptionError` naming the strategy and the option."""
+        try:
+            config = self.Config(**values)
+            validate = getattr(config, "validate", None)
+            if callable(validate):
+                validate()
+        except OptionError as error:
+            raise balancer_registry.explain(self.name, error) from None
+        self.options = option_values(config)
+        return config
 
     # ---- tasks --------------------------------------------------------------------------
     def add_task(self, name: str) -> None:

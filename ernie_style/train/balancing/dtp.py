@@ -15,22 +15,42 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ernie_style.train.balancing.base import LossBalancer, Reduce, float_option
+from ernie_style.components import OptionError, check_number
+from ernie_style.config import option
+from ernie_style.train.balancing.base import (
+    LossBalancer,
+    Reduce,
+    float_option,
+    register_balancer,
+)
 
 EPS = 1e-6
 
 
+@register_balancer("dtp")
 class DTPBalancer(LossBalancer):
     """Focal weights −(1 − κ)^γ log κ from smoothed per-task KPIs."""
 
-    name = "dtp"
-    defaults = MappingProxyType({"gamma": 2.0, "alpha": 0.9, "kpi_from_loss": False})
+    @dataclass
+    class Config:
+        """Options of `dtp`."""
+
+        gamma: float = option(2.0, "focusing exponent γ >= 0")
+        alpha: float = option(0.9, "KPI moving-average factor in [0, 1)")
+        kpi_from_loss: bool = option(False, "report κ = exp(−loss) at every training step")
+
+        def validate(self) -> None:
+            """γ >= 0, α in [0, 1), kpi_from_loss a bool."""
+            self.gamma = check_number("gamma", self.gamma, 0.0)
+            self.alpha = check_number("alpha", self.alpha, 0.0, 1.0, open_high=True)
+            if not isinstance(self.kpi_from_loss, bool):
+                raise OptionError("kpi_from_loss", "must be true or false")
 
     def __init__(
         self,
@@ -42,12 +62,9 @@ class DTPBalancer(LossBalancer):
         kpi_from_loss: bool = False,
     ) -> None:
         super().__init__(reduce)
-        self.gamma = float_option("dtp", "gamma", gamma, 0.0)
-        self.alpha = float_option("dtp", "alpha", alpha, 0.0, 1.0, open_high=True)
-        if not isinstance(kpi_from_loss, bool):
-            raise ValueError("loss balancing 'dtp': option 'kpi_from_loss' must be true or false")
-        self.kpi_from_loss = kpi_from_loss
-        self.options = {"gamma": self.gamma, "alpha": self.alpha, "kpi_from_loss": kpi_from_loss}
+        config = self._configure(gamma=gamma, alpha=alpha, kpi_from_loss=kpi_from_loss)
+        self.gamma, self.alpha = config.gamma, config.alpha
+        self.kpi_from_loss = config.kpi_from_loss
         self._add_tasks(tasks)
 
     def _new_state(self, task: str) -> dict[str, Any]:

@@ -15,27 +15,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ernie_style.train.balancing.base import TINY, LossBalancer, Reduce, float_option
+from ernie_style.components import check_number
+from ernie_style.config import option
+from ernie_style.train.balancing.base import TINY, LossBalancer, Reduce, register_balancer
 
 
+@register_balancer("dwa")
 class DWABalancer(LossBalancer):
     """Weights from the ratio of the last two window-mean losses, softmax with temperature T."""
 
-    name = "dwa"
-    defaults = MappingProxyType({"temperature": 2.0})
+    @dataclass
+    class Config:
+        """Options of `dwa`."""
+
+        temperature: float = option(2.0, "softmax temperature T > 0 (large T: weights near 1)")
+
+        def validate(self) -> None:
+            """T > 0."""
+            self.temperature = check_number("temperature", self.temperature, 0.0, open_low=True)
 
     def __init__(
         self, tasks: Sequence[str], reduce: Reduce | None = None, *, temperature: float = 2.0
     ) -> None:
         super().__init__(reduce)
-        self.temperature = float_option("dwa", "temperature", temperature, 0.0, open_low=True)
-        self.options = {"temperature": self.temperature}
+        self.temperature = self._configure(temperature=temperature).temperature
         self._add_tasks(tasks)
 
     def _new_state(self, task: str) -> dict[str, Any]:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from ernie_style.train.balancing.base import LossBalancer, Reduce
+from ernie_style.train.balancing.base import LossBalancer, Reduce, register_balancer
 
 
+@register_balancer("equal")
 class EqualBalancer(LossBalancer):
     """Weight 1 for every task; no options, no state."""
 
-    name = "equal"
+    @dataclass
+    class Config:
+        """No options."""
 
     def __init__(self, tasks: Sequence[str], reduce: Reduce | None = None) -> None:
         super().__init__(reduce)

@@ -22,22 +22,37 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ernie_style.train.balancing.base import TINY, LossBalancer, Reduce, float_option
+from ernie_style.components import check_number
+from ernie_style.config import option
+from ernie_style.train.balancing.base import TINY, LossBalancer, Reduce, register_balancer
 
 MIN_WEIGHT = 1e-3
 
 
+@register_balancer("gradnorm")
 class GradNormBalancer(LossBalancer):
     """Weights that equalise (rate-adjusted) gradient norms on the last shared layer."""
 
-    name = "gradnorm"
-    defaults = MappingProxyType({"alpha": 1.5, "lr": 0.025, "ema": 0.9})
+    @dataclass
+    class Config:
+        """Options of `gradnorm`."""
+
+        alpha: float = option(1.5, "restoring force α >= 0 towards the tasks' training rates")
+        lr: float = option(0.025, "step size > 0 of the weight update")
+        ema: float = option(0.9, "moving-average factor in [0, 1) of losses and gradient norms")
+
+        def validate(self) -> None:
+            """α >= 0, lr > 0, ema in [0, 1)."""
+            self.alpha = check_number("alpha", self.alpha, 0.0)
+            self.lr = check_number("lr", self.lr, 0.0, open_low=True)
+            self.ema = check_number("ema", self.ema, 0.0, 1.0, open_high=True)
+
     needs_shared_parameters = True
 
     def __init__(
@@ -50,10 +65,8 @@ class GradNormBalancer(LossBalancer):
         ema: float = 0.9,
     ) -> None:
         super().__init__(reduce)
-        self.alpha = float_option("gradnorm", "alpha", alpha, 0.0)
-        self.lr = float_option("gradnorm", "lr", lr, 0.0, open_low=True)
-        self.ema = float_option("gradnorm", "ema", ema, 0.0, 1.0, open_high=True)
-        self.options = {"alpha": self.alpha, "lr": self.lr, "ema": self.ema}
+        config = self._configure(alpha=alpha, lr=lr, ema=ema)
+        self.alpha, self.lr, self.ema = config.alpha, config.lr, config.ema
         self._add_tasks(tasks)
 
     def _new_state(self, task: str) -> dict[str, Any]:

@@ -15,26 +15,37 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ernie_style.train.balancing.base import LossBalancer, Reduce, float_option
+from ernie_style.components import check_number
+from ernie_style.config import option
+from ernie_style.train.balancing.base import LossBalancer, Reduce, register_balancer
 
 
+@register_balancer("uncertainty")
 class UncertaintyBalancer(LossBalancer):
     """Learned per-task log-variances `log_variances[task]`; weight exp(-s_t)."""
 
-    name = "uncertainty"
-    defaults = MappingProxyType({"init_log_variance": 0.0})
+    @dataclass
+    class Config:
+        """Options of `uncertainty`."""
+
+        init_log_variance: float = option(0.0, "initial s_t = log σ_t² of every task (weight 1)")
+
+        def validate(self) -> None:
+            """A finite number."""
+            self.init_log_variance = check_number("init_log_variance", self.init_log_variance)
 
     def __init__(
         self, tasks: Sequence[str], reduce: Reduce | None = None, *, init_log_variance: float = 0.0
     ) -> None:
         super().__init__(reduce)
-        self.init_log_variance = float_option("uncertainty", "init_log_variance", init_log_variance)
-        self.options = {"init_log_variance": self.init_log_variance}
+        self.init_log_variance = self._configure(
+            init_log_variance=init_log_variance
+        ).init_log_variance
         self.log_variances = nn.ParameterDict()
         self._add_tasks(tasks)
 
