@@ -22,28 +22,40 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import datasets
 import numpy as np
 
-#: Arrow schema of a prepared corpus; `prepare` writes it and `load_documents` checks it.
-DOCUMENT_FEATURES = datasets.Features(
-    {
-        "id": datasets.Value("string"),
-        "title": datasets.Value("string"),
-        "text": datasets.Value("string"),
-        "sentence_starts": datasets.List(datasets.Value("int32")),
-        "sentence_ends": datasets.List(datasets.Value("int32")),
-        "sentence_paragraph": datasets.List(datasets.Value("int32")),
-        "word_starts": datasets.List(datasets.Value("int32")),
-        "word_ends": datasets.List(datasets.Value("int32")),
-        "word_sentence": datasets.List(datasets.Value("int32")),
-        "phrase_starts": datasets.List(datasets.Value("int32")),
-        "phrase_ends": datasets.List(datasets.Value("int32")),
-        "entity_starts": datasets.List(datasets.Value("int32")),
-        "entity_ends": datasets.List(datasets.Value("int32")),
-        "entity_labels": datasets.List(datasets.Value("string")),
-    }
-)
+_FEATURES: Any = None
+
+
+def __getattr__(name: str) -> Any:
+    """`DOCUMENT_FEATURES`, the Arrow schema of a prepared corpus (`prepare` writes it and
+    `load_corpus` checks it), built on first use so importing this module does not import
+    `datasets` (commands that only read documents start faster)."""
+    global _FEATURES
+    if name != "DOCUMENT_FEATURES":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _FEATURES is None:
+        import datasets
+
+        _FEATURES = datasets.Features(
+            {
+                "id": datasets.Value("string"),
+                "title": datasets.Value("string"),
+                "text": datasets.Value("string"),
+                "sentence_starts": datasets.List(datasets.Value("int32")),
+                "sentence_ends": datasets.List(datasets.Value("int32")),
+                "sentence_paragraph": datasets.List(datasets.Value("int32")),
+                "word_starts": datasets.List(datasets.Value("int32")),
+                "word_ends": datasets.List(datasets.Value("int32")),
+                "word_sentence": datasets.List(datasets.Value("int32")),
+                "phrase_starts": datasets.List(datasets.Value("int32")),
+                "phrase_ends": datasets.List(datasets.Value("int32")),
+                "entity_starts": datasets.List(datasets.Value("int32")),
+                "entity_ends": datasets.List(datasets.Value("int32")),
+                "entity_labels": datasets.List(datasets.Value("string")),
+            }
+        )
+    return _FEATURES
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.models.ernie.modeling_ernie import ErniePredictionHeadTransform
 
 from ernie_style.pretrain.examples import IGNORE_INDEX
 
@@ -69,6 +68,8 @@ class MaskedLMHead(TaskHead):
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
+        from transformers.models.ernie.modeling_ernie import ErniePredictionHeadTransform
+
         config = backbone.config
         self.transform = ErniePredictionHeadTransform(config)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
