@@ -7,7 +7,7 @@ Per command, `--trials` seeded trials with a mix of faults (see `PLANS`): a kill
 moment (of training, or since the launch), in the middle of a checkpoint write or of best/,
 at the renames that install a prepared corpus, at every rename of `ingest`, and several kills
 per trial. Every trial checks the outcome against an uninterrupted reference run (see
-tests/reliability_helpers.py). Runs are forked from this process, which imports the heavy
+tests/reliability/kill_trials.py). Runs are forked from this process, which imports the heavy
 modules once; `--fresh N` adds N pretrain and N finetune trials whose runs are fresh
 `python -m ernie_style` processes. Prints a table (command | fault | trials | kills landed |
 survived | data lost) and writes it to OUT/soak.json and OUT/soak.md. Exit status 1 if any
@@ -17,6 +17,7 @@ trial failed. Not a pytest module (tests/reliability/test_kill_*.py run a few tr
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -29,10 +30,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
+from kill_ingest import ingest_trials
+from kill_prepare import prepare_reference, prepare_setup, prepare_trial
+from kill_runs import fork_launcher, preload, subprocess_launcher
+from kill_training import TRAINING, training_trial
+from kill_trials import Trial
 
-import reliability_helpers as rh  # noqa: E402 - needs tests/ on sys.path
+from ernie_style.testing import ROOT
 
 #: Fault mixes, cycled over the trials of each command (several kills = one per run).
 PLANS: dict[str, list[Any]] = {
@@ -66,13 +70,16 @@ PLANS: dict[str, list[Any]] = {
     ],
 }
 
+#: The faults of the extra trials whose runs are fresh processes (`--fresh`).
+FRESH = {"pretrain": ["random"], "finetune": ["checkpoint"]}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=20, help="trials per command (20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the trials (0)")
-    parser.add_argument("--out", type=Path, default=rh.ROOT / "runs" / "soak", help="output dir")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "soak", help="output dir")
     parser.add_argument(
         "--commands", default="pretrain,finetune,prepare,ingest", help="commands to soak"
     )
@@ -83,72 +90,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def soak_pretrain(work: Path, args: argparse.Namespace, report: Callable[[rh.Trial], None]) -> dict:
+def soak_training(
+    command: str, work: Path, args: argparse.Namespace, report: Callable[[Trial], None]
+) -> dict:
     """Reference + `args.trials` forked trials + `args.fresh` fresh-process trials."""
-    from ernie_style.testing.pretrain import make_small_corpus
-
-    corpus = make_small_corpus(work)
-    reference = rh.pretrain_reference(work, corpus, rh.fork_launcher)
-    plans = PLANS["pretrain"]
+    inputs = TRAINING[command].inputs(work)
+    reference = TRAINING[command].make_reference(work, inputs, fork_launcher)
+    plans = PLANS[command]
     for i in range(args.trials):
         seed = args.seed * 1000 + i
-        report(rh.pretrain_trial(work, corpus, reference, seed, plans[i % len(plans)]))
+        report(training_trial(command, work, inputs, reference, seed, plans[i % len(plans)]))
     for i in range(args.fresh):
         seed = args.seed * 1000 + 900 + i
-        trial = rh.pretrain_trial(
-            work, corpus, reference, seed, ["random"], launch=rh.subprocess_launcher
+        trial = training_trial(
+            command, work, inputs, reference, seed, FRESH[command], launch=subprocess_launcher
         )
         trial.fault += " (fresh process)"
         report(trial)
     return reference
 
 
-def soak_finetune(work: Path, args: argparse.Namespace, report: Callable[[rh.Trial], None]) -> dict:
-    """Reference + `args.trials` forked trials + `args.fresh` fresh-process trials."""
-    setup = rh.finetune_setup(work)
-    reference = rh.finetune_reference(work, setup, rh.fork_launcher)
-    plans = PLANS["finetune"]
-    for i in range(args.trials):
-        seed = args.seed * 1000 + i
-        report(rh.finetune_trial(work, setup, reference, seed, plans[i % len(plans)]))
-    for i in range(args.fresh):
-        seed = args.seed * 1000 + 900 + i
-        trial = rh.finetune_trial(
-            work, setup, reference, seed, ["checkpoint"], launch=rh.subprocess_launcher
-        )
-        trial.fault += " (fresh process)"
-        report(trial)
-    return reference
-
-
-def soak_prepare(work: Path, args: argparse.Namespace, report: Callable[[rh.Trial], None]) -> dict:
+def soak_prepare(work: Path, args: argparse.Namespace, report: Callable[[Trial], None]) -> dict:
     """Reference + `args.trials` trials."""
-    source = rh.prepare_setup(work)
-    reference = rh.prepare_reference(work, source, rh.fork_launcher)
+    source = prepare_setup(work)
+    reference = prepare_reference(work, source, fork_launcher)
     plans = PLANS["prepare"]
     for i in range(args.trials):
         fault, crash_at = plans[i % len(plans)]
         seed = args.seed * 1000 + i
-        report(rh.prepare_trial(work, source, reference, seed, fault, crash_at=crash_at))
+        report(prepare_trial(work, source, reference, seed, fault, crash_at=crash_at))
     return reference
 
 
-def soak_ingest(work: Path, args: argparse.Namespace, report: Callable[[rh.Trial], None]) -> dict:
+def soak_ingest(work: Path, args: argparse.Namespace, report: Callable[[Trial], None]) -> dict:
     """`args.trials` random kills plus every crash point (15 trials)."""
-    for trial in rh.ingest_trials(work, args.seed, args.trials, crash_points=True):
+    for trial in ingest_trials(work, args.seed, args.trials, crash_points=True):
         report(trial)
     return {}
 
 
 SOAKS = {
-    "pretrain": soak_pretrain,
-    "finetune": soak_finetune,
+    "pretrain": functools.partial(soak_training, "pretrain"),
+    "finetune": functools.partial(soak_training, "finetune"),
     "prepare": soak_prepare,
     "ingest": soak_ingest,
 }
 
 
-def table(trials: list[rh.Trial]) -> list[dict[str, Any]]:
+def table(trials: list[Trial]) -> list[dict[str, Any]]:
     """Rows per (command, fault), then a total per command."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for trial in trials:
@@ -192,13 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(commands) - set(SOAKS))
     if unknown:
         raise SystemExit(f"--commands: unknown {unknown}; choose from {sorted(SOAKS)}")
-    rh.preload(*commands)  # sets the one-thread environment before torch is imported
+    preload(*commands)  # sets the one-thread environment before torch is imported
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="ernie-soak-"))
-    trials: list[rh.Trial] = []
+    trials: list[Trial] = []
     references: dict[str, Any] = {}
 
-    def report(trial: rh.Trial) -> None:
+    def report(trial: Trial) -> None:
         trials.append(trial)
         status = "ok" if trial.survived and not trial.data_lost else "FAILED"
         landed = sum(k.killed for k in trial.kills)

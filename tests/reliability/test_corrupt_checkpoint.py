@@ -8,7 +8,7 @@ import shutil
 import subprocess
 
 import torch
-from reliability_helpers import pretrain_config
+from kill_training import pretrain_config
 from safetensors.torch import load_file
 
 from ernie_style.testing.pretrain import child_env, pretrain_cmd

@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from reliability_helpers import Trial, run_driver
+from kill_driver import run_driver
+from kill_trials import Trial
 
 from ernie_style.finetune.trainer import recover_best
 

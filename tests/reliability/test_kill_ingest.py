@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from reliability_helpers import Trial, run_driver
+from kill_driver import run_driver
+from kill_trials import Trial
 
 RANDOM_TRIALS = 6
 
@@ -50,7 +51,7 @@ def leave_pending_journal(labeled: Path, batch_path: Path) -> None:
 
 def test_a_killed_ingest_is_completed_by_the_next_one(tmp_path):
     """In process: an ingest journal left behind is replayed (once) by the next ingest."""
-    from reliability_helpers import ingest_setup
+    from kill_ingest import ingest_setup
 
     from ernie_style.active_learning.loop import JOURNAL_FILE, ingest, load_state
     from ernie_style.active_learning.pool import TaskSpec
@@ -81,7 +82,7 @@ def test_a_killed_ingest_is_completed_by_the_next_one(tmp_path):
 
 def test_select_first_completes_a_killed_ingest(tmp_path):
     """`select --labeled` replays a pending ingest journal, so its rows are not offered again."""
-    from reliability_helpers import ingest_setup
+    from kill_ingest import ingest_setup
 
     from ernie_style.active_learning.loop import (
         JOURNAL_FILE,

@@ -6,7 +6,8 @@ uninterrupted run's corpus and leaves no temp dirs."""
 from __future__ import annotations
 
 import pytest
-from reliability_helpers import Trial, run_driver
+from kill_driver import run_driver
+from kill_trials import Trial
 
 TRIALS = [
     {"seed": 1, "fault": "building"},  # a random moment after the temp dir appeared

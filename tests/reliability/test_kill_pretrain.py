@@ -2,13 +2,14 @@
 (once or twice per trial): `--resume auto` always finds a complete checkpoint, the run
 finishes, and its final weights and per-step losses equal those of an uninterrupted run.
 
-The trials run in a driver process (`reliability_helpers.run_driver`) that forks each run from
+The trials run in a driver process (`kill_driver.run_driver`) that forks each run from
 a copy with the modules already imported; `tests/reliability/soak.py` runs many more."""
 
 from __future__ import annotations
 
 import pytest
-from reliability_helpers import Trial, run_driver
+from kill_driver import run_driver
+from kill_trials import Trial
 
 #: 3 trials: a kill mid-checkpoint-write, a kill at a random moment of training, and both in
 #: one trial (the second kill hits the resumed run). Random delays are drawn within 60% of the
