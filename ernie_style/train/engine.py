@@ -301,6 +301,7 @@ class TrainEngine:
         self.nonfinite_total += 1
         self.print(f"step {step}: non-finite loss {totals}; step skipped")
         if self.nonfinite_in_a_row >= config.max_nonfinite_steps:
+            self.step = step + 1  # the skipped step is done: its data and schedule are consumed
             path = self.save()
             raise NonFiniteLossError(
                 f"{self.nonfinite_in_a_row} non-finite losses in a row at step {step}; "
