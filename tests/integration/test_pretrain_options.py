@@ -94,8 +94,7 @@ def test_uncertainty_balancing_resumes_exactly(small_corpus, tmp_path):
     run(pretrain_cmd(config_b, "--resume", "auto"))
     resumed = step_losses(tmp_path / "b")
     assert min(step for step, _ in resumed) == 10
-    for key, value in resumed.items():
-        assert abs(value - full[key]) <= 1e-6, key
+    assert resumed == {key: loss for key, loss in full.items() if key[0] >= 10}  # bit for bit
 
 
 def test_gradnorm_balances_mixed_batches(small_corpus, tmp_path):
