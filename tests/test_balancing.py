@@ -1,5 +1,5 @@
 """Loss balancing strategies: exact formulas, toy problems with known behaviour, exact resume,
-tasks added later, and identical weights on simulated processes with different local losses."""
+tasks added later, and identical weights on two gloo processes with different local losses."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import dataclasses
 import inspect
 import io
 import math
-import threading
 from pathlib import Path
 
 import pytest
@@ -496,107 +495,127 @@ def test_add_task_keeps_other_tasks_state(name):
 
 
 # ---- distributed ----------------------------------------------------------------------------
-class FakeGroup:
-    """An all-reduce (mean or sum) between threads standing in for processes."""
+# Two real processes (torch.multiprocessing, a gloo process group): every balancer's `reduce`
+# is an all_reduce between them. One spawn runs every scenario (spawning costs seconds); the
+# tests then check what each rank returned.
+GLOO_SIZE = 2
+AGREE = [(n, o) for n in ("uncertainty", "dwa", "gradnorm", "dtp") for o in (False, True)]
+SUM_VS_MEAN = ["dwa", "gradnorm", "dtp"]
+DWA_LOCAL = {0: {"a": [1.0, 2.0], "b": [4.0]}, 1: {"a": [3.0], "b": [2.0, 2.0, 2.0]}}
+SKEWED_DECAY = (0.5, 0.25)  # task a's loss falls faster on rank 1
 
-    def __init__(self, size, op="mean"):
-        self.barrier = threading.Barrier(size, timeout=30)
-        self.slots = [None] * size
-        self.calls = [0] * size
+
+class GlooReduce:
+    """`reduce` over the default (gloo) process group: all_reduce SUM, divided by the world
+    size for "mean"; counts its calls."""
+
+    def __init__(self, op: str = "mean") -> None:
         self.op = op
+        self.calls = 0
 
-    def reduce_for(self, rank):
-        def reduce(tensor):
-            self.calls[rank] += 1
-            self.slots[rank] = tensor.detach().clone()
-            self.barrier.wait()
-            out = getattr(torch.stack(self.slots), self.op)(0)
-            self.barrier.wait()
-            return out
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
 
-        return reduce
+        self.calls += 1
+        out = tensor.detach().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out / dist.get_world_size() if self.op == "mean" else out
 
 
-def run_ranks(fn, size=2, op="mean"):
-    group, results, errors = FakeGroup(size, op), [None] * size, []
+def dwa_windows(balancer, ranks, decay=(0.5, 0.5)):
+    """Three DWA windows of the `ranks`' local losses (all of them: one process seeing both);
+    task a's losses of rank r shrink by decay[r] per window."""
+    for window in range(3):
+        for rank in ranks:
+            for task, values in DWA_LOCAL[rank].items():
+                scale = decay[rank] ** window if task == "a" else 1.0
+                for value in values:
+                    balancer({task: torch.tensor(value * scale)})
+        balancer.end_window()
+    return balancer.weights()
 
-    def target(rank):
-        try:
-            results[rank] = fn(rank, group.reduce_for(rank))
-        except BaseException as error:  # re-raised in the main thread
-            errors.append(error)
-            group.barrier.abort()
 
-    threads = [threading.Thread(target=target, args=(r,)) for r in range(size)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return results, group
+def uncertainty_gradients(rank, reduce):
+    """The log-variance gradients after one loss of 2 + 4 * rank on task a, synchronised."""
+    balancer = make("uncertainty", reduce=reduce)
+    balancer({"a": torch.tensor(2.0 + 4.0 * rank)}).backward()
+    balancer.sync_gradients()
+    return {t: None if p.grad is None else p.grad.item() for t, p in balancer.log_variances.items()}
+
+
+def gloo_rank(rank: int, size: int, store: str, out_dir: str) -> None:
+    """One process of the group: every scenario, results saved to out_dir/rank{rank}.pt."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=size)
+    try:
+        results = {}
+        for name, one_task_per_step in AGREE:
+            # one_task_per_step: the ranks train different tasks in the same step
+            reduce = GlooReduce()
+            balancer = make(name, ("a", "b", "c"), reduce=reduce)
+            weights = drive(balancer, range(10), one_task_per_step, rank=rank)
+            results["agree", name, one_task_per_step] = (weights, reduce.calls)
+        results["dwa"] = dwa_windows(make("dwa", reduce=GlooReduce()), [rank])
+        skewed = make("dwa", reduce=GlooReduce())
+        results["dwa_skewed"] = dwa_windows(skewed, [rank], SKEWED_DECAY)
+        for name in SUM_VS_MEAN:
+            for op in ("mean", "sum"):
+                balancer = make(name, ("a", "b", "c"), reduce=GlooReduce(op))
+                results["reduction", name, op] = drive(balancer, range(10), True, rank=rank)
+        for op in ("mean", "sum"):
+            results["uncertainty", op] = uncertainty_gradients(rank, GlooReduce(op))
+        torch.save(results, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """Each gloo rank's results (see `gloo_rank`)."""
+    import torch.multiprocessing as mp
+
+    root = tmp_path_factory.mktemp("gloo")
+    mp.spawn(gloo_rank, args=(GLOO_SIZE, str(root / "store"), str(root)), nprocs=GLOO_SIZE)
+    return [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(GLOO_SIZE)]
 
 
 @pytest.mark.parametrize("name", ["uncertainty", "dwa", "gradnorm", "dtp"])
 @pytest.mark.parametrize("one_task_per_step", [False, True])
-def test_two_ranks_with_different_losses_agree(name, one_task_per_step):
-    def rank_run(rank, reduce):
-        balancer = make(name, ("a", "b", "c"), reduce=reduce)
-        # one_task_per_step: the ranks train different tasks in the same step
-        return drive(balancer, range(10), one_task_per_step, rank=rank)
-
-    (first, second), group = run_ranks(rank_run)
+def test_two_ranks_with_different_losses_agree(ranks, name, one_task_per_step):
+    (first, calls_first), (second, calls_second) = (
+        r["agree", name, one_task_per_step] for r in ranks
+    )
     assert first == second
-    assert group.calls[0] == group.calls[1] > 0
+    assert calls_first == calls_second > 0
     alone = drive(make(name, ("a", "b", "c")), range(10), one_task_per_step, rank=0)
     assert alone != first  # the ranks' losses differ, so reducing mattered
 
 
-def test_two_ranks_dwa_uses_the_global_window_mean():
-    local = {0: {"a": [1.0, 2.0], "b": [4.0]}, 1: {"a": [3.0], "b": [2.0, 2.0, 2.0]}}
-
-    def rank_run(rank, reduce):
-        balancer = make("dwa", reduce=reduce)
-        for window in range(3):
-            for task, values in local[rank].items():
-                for value in values:
-                    balancer({task: torch.tensor(value * 0.5 ** (window * (task == "a")))})
-            balancer.end_window()
-        return balancer.weights()
-
-    (first, second), _ = run_ranks(rank_run)
+def test_two_ranks_dwa_uses_the_global_window_mean(ranks):
+    first, second = (r["dwa"] for r in ranks)
     assert first == second
-    single = make("dwa")
-    for window in range(3):  # one process seeing both ranks' losses
-        for rank in (0, 1):
-            for task, values in local[rank].items():
-                for value in values:
-                    single({task: torch.tensor(value * 0.5 ** (window * (task == "a")))})
-        single.end_window()
-    assert first == pytest.approx(single.weights(), rel=1e-12)
+    single = dwa_windows(make("dwa"), [0, 1])
+    assert first == pytest.approx(single, rel=1e-12)
+    # The loss ratios DWA weighs by differ between the ranks: only the reduced window means
+    # give both the same weights, which neither rank's local losses give.
+    first, second = (r["dwa_skewed"] for r in ranks)
+    assert first == second
+    for rank in (0, 1):
+        assert dwa_windows(make("dwa"), [rank], SKEWED_DECAY) != pytest.approx(first, rel=1e-6)
 
 
-@pytest.mark.parametrize("name", ["dwa", "gradnorm", "dtp"])
-def test_sum_reduction_gives_the_weights_of_mean_reduction(name):
-    def rank_run(rank, reduce):
-        return drive(make(name, ("a", "b", "c"), reduce=reduce), range(10), True, rank=rank)
-
-    (mean, _), _ = run_ranks(rank_run, op="mean")
-    (total, _), _ = run_ranks(rank_run, op="sum")
+@pytest.mark.parametrize("name", SUM_VS_MEAN)
+def test_sum_reduction_gives_the_weights_of_mean_reduction(ranks, name):
+    mean, total = ranks[0]["reduction", name, "mean"], ranks[0]["reduction", name, "sum"]
     assert [pytest.approx(w, rel=1e-12) for w in mean] == total
+    assert ranks[1]["reduction", name, "sum"] == total
 
 
 @pytest.mark.parametrize("op", ["mean", "sum"])
-def test_two_ranks_uncertainty_gradients_are_averaged(op):
-    def rank_run(rank, reduce):
-        balancer = make("uncertainty", reduce=reduce)
-        balancer({"a": torch.tensor(2.0 + 4.0 * rank)}).backward()
-        balancer.sync_gradients()
-        return {
-            t: None if p.grad is None else p.grad.item() for t, p in balancer.log_variances.items()
-        }
-
-    (first, second), _ = run_ranks(rank_run, op=op)
+def test_two_ranks_uncertainty_gradients_are_averaged(ranks, op):
+    first, second = (r["uncertainty", op] for r in ranks)
     # d/ds [exp(-s) L + s] at s = 0 is 1 - L: ranks have -1 and -5, the mean is -3
     assert first == second == {"a": pytest.approx(-3.0), "b": None}
 
