@@ -209,7 +209,7 @@ def test_export_reloads_in_stock_transformers_with_identical_logits(trained, tas
     with torch.no_grad():
         expected = ours(batch | {"task": task}).logits
     got = stock_scorer(stock.eval(), encoded.type)(batch)
-    torch.testing.assert_close(got, expected.float(), atol=1e-5, rtol=1e-4)
+    assert torch.equal(got, expected.float())
     if encoded.labels:
         assert stock.config.id2label == dict(enumerate(encoded.labels))
 
@@ -256,9 +256,7 @@ def test_resume_from_a_checkpoint_repeats_the_run_exactly(encoder_dir, tmp_path)
     FinetuneTrainer(load_config(FinetuneConfig, config_b, []), resume="auto").train()
     resumed = step_losses(tmp_path / "b")
     assert min(resumed) == 20 and max(resumed) == max(full)
-    for step, (task, value) in resumed.items():
-        assert full[step][0] == task
-        assert value == pytest.approx(full[step][1], abs=1e-6), step
+    assert resumed == {step: row for step, row in full.items() if step >= 20}  # bit for bit
     metrics_a = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert json.loads((tmp_path / "b" / "metrics.json").read_text()) == metrics_a
 
