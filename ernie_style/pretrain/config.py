@@ -4,13 +4,14 @@ configs/pretrain/ are validated against it by a test."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from ernie_style.components import balancer_registry
 from ernie_style.config import option
 from ernie_style.defaults import Precision
 from ernie_style.pretrain.model import MODEL_PRESETS
 from ernie_style.pretrain.schedule import ContinualSchedule, auto_allocation, explicit_allocation
+from ernie_style.train.optim import PretrainOptim
 
 
 @dataclass
@@ -96,20 +97,6 @@ class ScheduleSection:
 
 
 @dataclass
-class OptimSection:
-    """AdamW and the learning-rate schedule."""
-
-    lr: float = option(5e-4, "peak learning rate")
-    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")
-    betas: list[float] = option([0.9, 0.98], "AdamW betas")
-    eps: float = option(1e-6, "AdamW epsilon")
-    warmup_steps: int = option(100, "linear warm-up steps (per stage when restarted)")
-    lr_schedule: Literal["linear", "cosine", "constant"] = option("linear", "decay after warm-up")
-    grad_accum_steps: int = option(1, "micro-batches per optimizer step")
-    max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)")
-
-
-@dataclass
 class PretrainConfig:
     """A continual multi-task pretraining run."""
 
@@ -124,7 +111,7 @@ class PretrainConfig:
     data: DataSection = option(default_factory=DataSection, help="corpus and tokenizer")
     tasks: dict[str, TaskSection] = option({}, "task name -> budget/options, in order of entry")
     schedule: ScheduleSection = option(default_factory=ScheduleSection, help="task schedule")
-    optim: OptimSection = option(default_factory=OptimSection, help="optimizer")
+    optim: PretrainOptim = option(default_factory=PretrainOptim, help="optimizer (shared keys)")
     checkpoint_every: int = option(500, "save a checkpoint every N steps (and at stage ends)")
     keep_checkpoints: int = option(3, "how many recent checkpoints to keep")
     eval_every: int = option(200, "held-out evaluation every N steps (and at stage ends)")

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ernie_style.config import option
+from ernie_style.config import Override, option
 
 #: The keys of the section (fine-tuning configs once had them at the top level).
 OPTIM_KEYS = (
@@ -84,12 +84,14 @@ class FinetuneOptim(OptimSection):
 
 def migrate_flat_keys(data: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
     """Move top-level optimizer keys (the fine-tuning config shape before `optim:`) into the
-    `optim` section, with a FutureWarning naming them; both places at once is an error."""
+    `optim` section, with a FutureWarning naming them; both places in the file is an error,
+    while a top-level command-line override (`lr=3e-5`) replaces the file's `optim.lr`."""
     flat = [key for key in OPTIM_KEYS if key in data]
     if not flat:
         return dict(data)
     section = dict(data.get("optim") or {})
-    both = [key for key in flat if key in section]
+    # A command-line `lr=...` overrides the file's optim.lr; both in the file is an error.
+    both = [key for key in flat if key in section and not isinstance(data[key], Override)]
     if both:
         raise ValueError(f"{both[0]}: given both at the top level and as optim.{both[0]}")
     moved = {k: v for k, v in data.items() if k not in flat}

@@ -100,7 +100,7 @@ def test_building_in_the_training_process_gives_the_same_run(reference_run, smal
 def test_resume_with_a_new_task_keeps_weights_optimizer_and_history(
     reference_run, small_corpus, tmp_path
 ):
-    from ernie_style.pretrain.state import build_run_state, load_checkpoint
+    from ernie_style.pretrain.trainer import PretrainTrainer
     from ernie_style.train.checkpoint import load_torch
 
     run_dir = shutil.copytree(reference_run, tmp_path / "run")  # the fixture stays as it is
@@ -117,8 +117,8 @@ def test_resume_with_a_new_task_keeps_weights_optimizer_and_history(
         },
     )
     config = load_config(PretrainConfig, config_path)
-    state = build_run_state(config)
-    new_tasks = load_checkpoint(state, checkpoint, config)
+    trainer = PretrainTrainer(config, resume=str(checkpoint))  # restores, does not train
+    state, new_tasks = trainer.state, trainer.new_tasks
     assert new_tasks == ["sentence_reordering"]
     saved = load_file(str(checkpoint / "model.safetensors"))
     current = state.model.state_dict()
@@ -238,7 +238,8 @@ def test_export_loads_with_stock_transformers_and_matches(reference_run, tmp_pat
 
 
 def test_nonfinite_losses_stop_the_run_with_a_checkpoint(small_corpus, tmp_path, monkeypatch):
-    from ernie_style.pretrain.trainer import NonFiniteLossError, PretrainTrainer
+    from ernie_style.pretrain.trainer import PretrainTrainer
+    from ernie_style.train.engine import NonFiniteLossError
     from pretrain_tasks.capitalization import Capitalization
 
     config = load_config(

@@ -12,7 +12,7 @@ import pytest
 from kill_driver import run_driver
 from kill_trials import Trial
 
-from ernie_style.finetune.trainer import recover_best
+from ernie_style.finetune.state import recover_best
 
 TRIALS = [{"seed": 1, "faults": ["random", "checkpoint", "best"], "window": 0.6}]
 

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,12 +23,12 @@ from ernie_style.cli import main as cli_main
 from ernie_style.config import load_config
 from ernie_style.finetune.config import FinetuneConfig
 from ernie_style.finetune.loading import load_finetuned
-from ernie_style.finetune.model import load_encoder
-from ernie_style.testing.pretrain import ROOT, child_env, pretrain_cmd, write_config
-from ernie_style.finetune.state import load_finetune_checkpoint, load_finetune_tokenizer
+from ernie_style.finetune.model import load_encoder, load_finetune_tokenizer
 from ernie_style.pretrain.config import PretrainConfig
+from ernie_style.testing.pretrain import ROOT, child_env, pretrain_cmd, write_config
 from ernie_style.tokenizer import load_tokenizer, train_wordpiece
 from ernie_style.train.checkpoint import MANIFEST, list_checkpoints, verify, write_manifest
+from ernie_style.train.engine import TrainEngine
 from ernie_style.untrusted import UnsafeFileError, load_torch_file, refuse_remote_code
 
 PACKAGE = ROOT / "ernie_style"
@@ -127,18 +126,19 @@ def test_pretrain_resume_refuses_a_pickle_bearing_checkpoint(pretrain_run, tmp_p
 
 
 # ---- a fine-tuning checkpoint shipped by a stranger -------------------------------------------
-def _finetune_trainer() -> SimpleNamespace:
-    torch.manual_seed(0)
-    model = torch.nn.Linear(3, 2)
-    balancer = torch.nn.Module()
-    return SimpleNamespace(
-        tasks={"a": None},
-        model=model,
-        unwrapped=model,
-        optimizer=torch.optim.AdamW(model.parameters()),
-        balancer=balancer,
-        sampler=SimpleNamespace(load_state_dict=lambda state: None),
-    )
+class _RestoringEngine(TrainEngine):
+    """The shared engine's checkpoint restore (what a fine-tuning resume runs) over a tiny
+    model, optimizer and balancer, without building a run."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.model = self.raw_model = torch.nn.Linear(3, 2)
+        self.raw_optimizer = torch.optim.AdamW(self.raw_model.parameters())
+        self.balancer = torch.nn.Module()
+
+
+def _finetune_trainer() -> _RestoringEngine:
+    return _RestoringEngine()
 
 
 @pytest.mark.parametrize("name", ["optimizer.pt", "balancer.pt"])
@@ -155,7 +155,7 @@ def test_finetune_resume_refuses_a_pickle_bearing_checkpoint(tmp_path, name):
     marker = tmp_path / "PWNED"
     write_payload_torch(checkpoint / name, marker)
     with pytest.raises(UnsafeFileError, match=re.escape(f"{checkpoint / name}: refused as unsafe")):
-        load_finetune_checkpoint(trainer, checkpoint)
+        trainer.restore(checkpoint)
     assert not marker.exists()
 
 
