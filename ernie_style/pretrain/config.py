@@ -8,7 +8,7 @@ from typing import Any
 
 from ernie_style.components import balancer_registry
 from ernie_style.config import option
-from ernie_style.defaults import Precision
+from ernie_style.defaults import MLM_TASK, Precision
 from ernie_style.pretrain.model import MODEL_PRESETS
 from ernie_style.pretrain.schedule import ContinualSchedule, auto_allocation, explicit_allocation
 from ernie_style.train.optim import PretrainOptim
@@ -157,8 +157,8 @@ class PretrainConfig:
             valid = ", ".join(balancer_registry.names())
             raise ValueError(f"balancing: unknown strategy {self.balancing!r}; valid: {valid}")
         self.balancing_config()
-        if self.schedule.mlm_every_step and "knowledge_masking" not in self.tasks:
-            raise ValueError("schedule.mlm_every_step needs knowledge_masking in tasks")
+        if self.schedule.mlm_every_step and MLM_TASK not in self.tasks:
+            raise ValueError(f"schedule.mlm_every_step needs {MLM_TASK} in tasks")
 
     def balancing_config(self) -> Any:
         """`balancing_options` as the balancing strategy's typed `Config` (errors name the

@@ -18,13 +18,13 @@ import yaml
 from safetensors.torch import load_file, save_file
 from transformers import ErnieConfig, ErnieForMaskedLM
 
+from ernie_style.defaults import MLM_TASK
 from ernie_style.fileio import atomic_dir
 from ernie_style.tokenizer import load_tokenizer
 from ernie_style.train.checkpoint import find_resumable, load_tensors, verify
 
 RELEASE_MARKER = "pretraining_tasks.json"
 HEADS_FILE = "pretraining_heads.safetensors"
-MLM_TASK = "knowledge_masking"
 
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:

@@ -24,12 +24,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ernie_style.defaults import MLM_TASK
 from ernie_style.pretrain.examples import CorpusContext, collate
 from ernie_style.pretrain.registry import PretrainTask
 from ernie_style.pretrain.schedule import ContinualSchedule
 from ernie_style.pretrain.stream import TaskExampleStream, reshard
-
-MLM_TASK = "knowledge_masking"
 
 
 @dataclass(frozen=True)
