@@ -90,22 +90,28 @@ def gather_full_state(engine: Any) -> tuple[dict[str, torch.Tensor], dict[str, A
 
 def restore_full_state(
     engine: Any, weights: dict[str, torch.Tensor], saved: dict[str, Any]
-) -> None:
-    """Put fp32 master weights and AdamW moments back into a freshly initialized engine."""
+) -> bool:
+    """Put fp32 master weights, AdamW moments and step back into a freshly initialized engine
+    (collective under ZeRO-3: every rank must call). Returns True: the resume is exact.
+
+    ZeRO-1/2 keep each parameter's low-precision copy in full on every rank: it is overwritten
+    from the saved fp32 weights. ZeRO-3 partitioned the module's weights (loaded from the same
+    checkpoint before `initialize`) into that copy already; its fp32 master partitions and Adam
+    state are set per parameter through the same `safe_set_full_*` calls.
+    """
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
-    if engine.zero_optimization_stage() == 3:
-        # ZeRO-3 partitioned the weights loaded before `initialize`; its optimizer keeps Adam
-        # state in a layout the per-name setters do not reach on this DeepSpeed version.
-        return False
+    zero3 = engine.zero_optimization_stage() == 3
+    _drop_stale_state(engine)
     _materialize_adam_state(engine)
     _link_optimizer_state(engine)
     step = None
     for name, param in engine.module.named_parameters():
         if name in weights:
             safe_set_full_fp32_param(param, weights[name].to(torch.float32))
-            with torch.no_grad():
-                param.data.copy_(weights[name].to(param.dtype))
+            if not zero3:
+                with torch.no_grad():
+                    param.data.copy_(weights[name].to(param.dtype))
         moments = saved["state"].get(name)
         if moments:
             for key in ("exp_avg", "exp_avg_sq"):
@@ -120,18 +126,36 @@ def restore_full_state(
     return True
 
 
+def _drop_stale_state(engine: Any) -> None:
+    """Forget base-optimizer state keyed by tensors DeepSpeed does not optimize: a checkpoint
+    loaded into the torch optimizer before `initialize` left per-parameter entries there,
+    which no step updates (and whose `step` would otherwise be read back as the run's)."""
+    base = _base_optimizer(engine)
+    live = {id(flat) for flat in _stepped_tensors(engine)}
+    for key in [k for k in base.state if id(k) not in live]:
+        del base.state[key]
+
+
+def _stepped_tensors(engine: Any) -> list[torch.Tensor]:
+    """The flat fp32 partitions the base optimizer steps: its param groups' tensors (ZeRO-1/2),
+    or ZeRO-3's `fp32_partitioned_groups_flat` (put into the groups only during a step)."""
+    flats = getattr(engine.optimizer, "fp32_partitioned_groups_flat", None)
+    if flats is not None:
+        return list(flats)
+    return [p for group in _base_optimizer(engine).param_groups for p in group["params"]]
+
+
 def _materialize_adam_state(engine: Any) -> None:
     """Create AdamW's per-partition state as torch would on its first step (zeros), so it can
     be linked and filled before any step has run."""
     base = _base_optimizer(engine)
-    for group in base.param_groups:
-        for flat in group["params"]:
-            if not base.state.get(flat):
-                base.state[flat] = {
-                    "step": torch.tensor(0.0),
-                    "exp_avg": torch.zeros_like(flat, memory_format=torch.preserve_format),
-                    "exp_avg_sq": torch.zeros_like(flat, memory_format=torch.preserve_format),
-                }
+    for flat in _stepped_tensors(engine):
+        if not base.state.get(flat):
+            base.state[flat] = {
+                "step": torch.tensor(0.0),
+                "exp_avg": torch.zeros_like(flat, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(flat, memory_format=torch.preserve_format),
+            }
 
 
 def _link_optimizer_state(engine: Any) -> None:
@@ -149,8 +173,10 @@ def _base_optimizer(engine: Any) -> torch.optim.Optimizer:
 
 
 def _optimizer_step(engine: Any) -> int:
-    for state in _base_optimizer(engine).state.values():
-        if "step" in state:
-            value = state["step"]
+    """AdamW's step count, read from the state of a tensor the optimizer steps."""
+    base = _base_optimizer(engine)
+    for flat in _stepped_tensors(engine):
+        value = base.state.get(flat, {}).get("step")
+        if value is not None:
             return int(value.item() if isinstance(value, torch.Tensor) else value)
     return 0

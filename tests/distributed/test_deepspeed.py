@@ -126,5 +126,5 @@ def test_zero1_and_zero3_train_checkpoint_and_resume(small_corpus, tmp_path, sta
     shutil.rmtree(list_checkpoints(checkpoints)[0])
     result = run([*cmd, "--resume", "auto"])
     assert "resumed from" in result.stderr + result.stdout
-    assert ("Adam moments restart" in result.stdout) == (stage == 3)
+    assert "Adam moments restart" not in result.stdout  # ZeRO-3 restores them too
     assert list_checkpoints(checkpoints)[0].name == "step-00000008"
