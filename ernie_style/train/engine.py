@@ -57,9 +57,8 @@ from ernie_style.train.step import StepRunner
 from ernie_style.untrusted import load_torch_file
 
 ZERO3_RESUME_NOTE = (
-    "DeepSpeed ZeRO-3 resume: weights, schedule and data positions are restored, but Adam "
-    "moments restart from zero and fp32 master weights from their bf16 copies (use ZeRO-1/2 "
-    "for an exact resume)"
+    "DeepSpeed ZeRO-3 resume: weights, Adam moments and step are restored exactly; the updates "
+    "after it may differ from an uninterrupted run in the last bits (ZeRO-1/2 resume bit for bit)"
 )
 
 
@@ -192,7 +191,8 @@ class TrainEngine:
         if checkpoint is not None and is_deepspeed_engine(self.model):
             weights = load_tensors(checkpoint / "model.safetensors")
             saved = load_torch_file(checkpoint / "optimizer.pt")
-            if restore_full_state(self.model, weights, saved) is False:
+            restore_full_state(self.model, weights, saved)
+            if self.model.zero_optimization_stage() == 3:
                 self.print(ZERO3_RESUME_NOTE)
         self.stepper = StepRunner(
             self.accelerator,
