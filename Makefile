@@ -33,7 +33,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest  # random order each run; the header prints the seed (--randomly-seed=N replays it)
 
 # 20 seeded SIGKILL trials per command (pretrain, finetune, prepare, ingest); docs/reliability.md.
 soak: $(STAMP)
