@@ -34,7 +34,7 @@ from ernie_style.finetune.plots import plot_learning_curves
 from ernie_style.finetune.sampler import TaskSampler
 from ernie_style.finetune.state import recover_best, save_best
 from ernie_style.train.balancing import LossBalancer, build_balancer
-from ernie_style.train.engine import TrainEngine
+from ernie_style.train.engine import LogWindow, TrainEngine
 from ernie_style.train.lr import lr_factor
 from ernie_style.train.optim import build_adamw
 
@@ -153,20 +153,14 @@ class FinetuneTrainer(TrainEngine):
         """An epoch ended."""
         return done % self.sampler.steps_per_epoch == 0
 
-    def progress_text(
-        self,
-        done: int,
-        window: dict[str, list[float]],
-        means: dict[str, float],
-        rates: dict[str, float],
-    ) -> str:
+    def progress_text(self, log: LogWindow) -> str:
         """Epoch, losses and the last dev scores."""
-        epoch = done / self.sampler.steps_per_epoch
+        epoch = log.done / self.sampler.steps_per_epoch
         last = self.history[-1]["dev"] if self.history else {}
         dev = " ".join(f"{t[:8]}={m['main']:.3f}" for t, m in last.items())
         return (
             f"ep {epoch:.2f} | "
-            + " ".join(f"{t[:8]}={v:.3f}" for t, v in means.items())
+            + " ".join(f"{t[:8]}={v:.3f}" for t, v in log.means.items())
             + (f" | dev {dev}" if dev else "")
         )
 

@@ -37,7 +37,7 @@ from ernie_style.train.balancing import LossBalancer, build_balancer
 from ernie_style.train.checkpoint import CheckpointWriter
 from ernie_style.train.deepspeed_support import fill_auto, is_deepspeed_engine, resolve_config
 from ernie_style.train.deepspeed_support import initialize as deepspeed_initialize
-from ernie_style.train.engine import TrainEngine
+from ernie_style.train.engine import LogWindow, TrainEngine
 
 
 def uses_deepspeed(accelerator: Any, config: PretrainConfig) -> bool:
@@ -209,19 +209,13 @@ class PretrainTrainer(TrainEngine):
         schedule = self.state.schedule
         return schedule.stage != self._step_stage or schedule.finished
 
-    def progress_text(
-        self,
-        done: int,
-        window: dict[str, list[float]],
-        means: dict[str, float],
-        rates: dict[str, float],
-    ) -> str:
+    def progress_text(self, log: LogWindow) -> str:
         """Stage, the window's task mix, losses and throughput."""
-        mix = ",".join(f"{t[:4]}:{len(v)}" for t, v in window.items())
-        losses = " ".join(f"{t[:4]}={v:.3f}" for t, v in means.items())
+        mix = ",".join(f"{t[:4]}:{len(v)}" for t, v in log.losses.items())
+        losses = " ".join(f"{t[:4]}={v:.3f}" for t, v in log.means.items())
         return (
             f"stage {self._step_stage + 1} | {mix} | {losses} | "
-            f"{rates['train/tokens_per_s']:,.0f} tok/s"
+            f"{log.rates['train/tokens_per_s']:,.0f} tok/s"
         )
 
     def extra_scalars(self, done: int) -> dict[str, float]:

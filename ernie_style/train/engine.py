@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,17 @@ ZERO3_RESUME_NOTE = (
     "DeepSpeed ZeRO-3 resume: weights, Adam moments and step are restored exactly; the updates "
     "after it may differ from an uninterrupted run in the last bits (ZeRO-1/2 resume bit for bit)"
 )
+
+
+@dataclass
+class LogWindow:
+    """The steps since the last log line: where it ends (`done` steps), every task's losses in
+    it, their means, and the rates (tokens/s, steps/s, data-wait fraction)."""
+
+    done: int
+    losses: dict[str, list[float]]
+    means: dict[str, float]
+    rates: dict[str, float]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -136,16 +148,10 @@ class TrainEngine:
     def on_step_end(self, done: int, boundary: bool, losses: dict[str, float]) -> None:
         """After step `done - 1` (and its log line): evaluation, balancer windows."""
 
-    def progress_text(
-        self,
-        done: int,
-        window: dict[str, list[float]],
-        means: dict[str, float],
-        rates: dict[str, float],
-    ) -> str:
+    def progress_text(self, log: LogWindow) -> str:
         """The progress bar's postfix for a logging window."""
-        losses = " ".join(f"{t[:6]}={v:.3f}" for t, v in means.items())
-        return f"{losses} | {rates['train/tokens_per_s']:,.0f} tok/s"
+        losses = " ".join(f"{t[:6]}={v:.3f}" for t, v in log.means.items())
+        return f"{losses} | {log.rates['train/tokens_per_s']:,.0f} tok/s"
 
     def extra_scalars(self, done: int) -> dict[str, float]:
         """Run-specific TensorBoard scalars of a logging window."""
@@ -315,7 +321,7 @@ class TrainEngine:
         """Progress bar and TensorBoard for a logging window (one set of scalars for every
         run: train/loss/TASK, balancing/weight/TASK, train/lr, the rates, and the run's own)."""
         means = {t: sum(v) / len(v) for t, v in window.items()}
-        bar.set_postfix_str(self.progress_text(done, window, means, rates))
+        bar.set_postfix_str(self.progress_text(LogWindow(done, window, means, rates)))
         scalars = {f"train/loss/{t}": v for t, v in means.items()}
         if self.balancer is not None:
             scalars |= {f"balancing/weight/{t}": w for t, w in self.balancer.weights().items()}
