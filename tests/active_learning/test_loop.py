@@ -19,8 +19,8 @@ from ernie_style.commands import ingest, select
 from ernie_style.config import load_config
 from ernie_style.finetune.config import FinetuneConfig
 from ernie_style.finetune.data import load_tasks
-from ernie_style.finetune.readers import DataError
 from ernie_style.finetune.model import load_finetune_tokenizer
+from ernie_style.finetune.readers import DataError
 from ernie_style.finetune.trainer import FinetuneTrainer
 from ernie_style.testing.finetune import ROOT, make_encoder_dir, write_config
 
