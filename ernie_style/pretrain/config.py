@@ -19,7 +19,11 @@ class ModelSection:
     """Encoder architecture."""
 
     preset: str = option("tiny", "encoder size: micro (tests) | tiny | small | base | large")
-    init_from: str | None = option(None, "local HF encoder directory or release to start from")
+    init_from: str | None = option(
+        None,
+        "local encoder to start from: a release, an ERNIE or a BERT-family HF directory (its "
+        "architecture replaces the preset; use its tokenizer as data.tokenizer)",
+    )
     max_position_embeddings: int = option(512, "longest sequence the position table holds")
     dropout: float = option(0.1, "hidden and attention dropout")
     attn_implementation: str = option(

@@ -16,7 +16,6 @@ from ernie_style.cpu_kernels import use_fast_dropout, uses_additive_mask, uses_f
 from ernie_style.pretrain.examples import MAX_SEGMENTS
 from ernie_style.pretrain.packing import pack_batch, plan_packing
 from ernie_style.pretrain.registry import PretrainTask
-from ernie_style.untrusted import refuse_pickle_weights
 
 #: Encoder sizes (ERNIE/BERT conventions: intermediate = 4 x hidden, head size 64 from small up).
 MODEL_PRESETS: dict[str, dict[str, int]] = {
@@ -56,17 +55,11 @@ def build_backbone_config(
 
 
 def load_backbone(path: str | Path) -> ErnieModel:
-    """Load an `ErnieModel` from a local Hugging Face directory (never from a hub)."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a model directory (no config.json)")
-    refuse_pickle_weights(path, "model.init_from")
-    config = ErnieConfig.from_pretrained(str(path), local_files_only=True)
-    if not config.use_task_id:
-        raise ValueError(f"{path}: the encoder has no task embeddings (use_task_id is false)")
-    return ErnieModel.from_pretrained(
-        str(path), config=config, local_files_only=True, use_safetensors=True
-    )
+    """Load an `ErnieModel` with task embeddings from a local ERNIE or BERT-family directory
+    (never from a hub; see `ernie_style.pretrain.init_from`)."""
+    from ernie_style.pretrain.init_from import load_encoder_checkpoint
+
+    return load_encoder_checkpoint(path, MAX_SEGMENTS, TASK_TYPE_VOCAB_SIZE)[0]
 
 
 @dataclass

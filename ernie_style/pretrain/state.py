@@ -20,10 +20,16 @@ from transformers import ErnieModel
 from ernie_style.corpus.document import DocumentSequence
 from ernie_style.corpus.index import index_root
 from ernie_style.cpu_kernels import CPU_ATTENTION, resolve_attention, use_cpu_kernels
+from ernie_style.defaults import MLM_TASK
 from ernie_style.pretrain.config import PretrainConfig
-from ernie_style.pretrain.examples import CorpusContext, collate
+from ernie_style.pretrain.examples import MAX_SEGMENTS, CorpusContext, collate
+from ernie_style.pretrain.init_from import load_encoder_checkpoint
 from ernie_style.pretrain.loader import DataStreams, StepLayout
-from ernie_style.pretrain.model import ErniePretrainingModel, build_backbone_config, load_backbone
+from ernie_style.pretrain.model import (
+    TASK_TYPE_VOCAB_SIZE,
+    ErniePretrainingModel,
+    build_backbone_config,
+)
 from ernie_style.pretrain.registry import PretrainTask, get_task
 from ernie_style.pretrain.schedule import ContinualSchedule
 from ernie_style.pretrain.stream import TaskExampleStream
@@ -135,13 +141,15 @@ def build_run_state(
     for task in tasks.values():
         task.prepare(train_corpus)
     schedule = config.build_schedule()
-    backbone = _build_backbone(config, tokenizer)
+    backbone, mlm_head = _build_backbone(config, tokenizer)
     attention = resolve_attention(config.model.attn_implementation, device_type)
     if attention == CPU_ATTENTION:
         use_cpu_kernels(backbone)
     else:
         backbone.config._attn_implementation = attention
     model = ErniePretrainingModel(backbone, tasks, pack_sequences=config.model.pack_sequences)
+    if mlm_head and MLM_TASK in model.heads:  # the checkpoint's own masked-LM head
+        model.heads[MLM_TASK].load_state_dict(mlm_head)
     return RunState(
         tokenizer=tokenizer,
         train_corpus=train_corpus,
@@ -155,15 +163,23 @@ def build_run_state(
     )
 
 
-def _build_backbone(config: PretrainConfig, tokenizer: Any) -> ErnieModel:
+def _build_backbone(
+    config: PretrainConfig, tokenizer: Any
+) -> tuple[ErnieModel, dict[str, torch.Tensor]]:
+    """A fresh backbone of `model.preset`, or the `model.init_from` encoder (its architecture)
+    with its masked-LM head weights if it has one."""
     if config.model.init_from:
-        backbone = load_backbone(config.model.init_from)
+        torch.manual_seed(config.seed)  # what the checkpoint lacks (task embeddings) starts seeded
+        backbone, mlm_head = load_encoder_checkpoint(
+            config.model.init_from, MAX_SEGMENTS, TASK_TYPE_VOCAB_SIZE
+        )
         if backbone.config.vocab_size != len(tokenizer):
             raise ValueError(
                 f"model.init_from {config.model.init_from}: vocabulary {backbone.config.vocab_size}"
-                f" does not match the tokenizer ({len(tokenizer)})"
+                f" does not match the tokenizer ({len(tokenizer)}); set data.tokenizer to the "
+                "checkpoint's own tokenizer and prepare the corpus with it"
             )
-        return backbone
+        return backbone, mlm_head
     torch.manual_seed(config.seed)
     backbone_config = build_backbone_config(
         config.model.preset,
@@ -173,7 +189,7 @@ def _build_backbone(config: PretrainConfig, tokenizer: Any) -> ErnieModel:
         hidden_dropout_prob=config.model.dropout,
         attention_probs_dropout_prob=config.model.dropout,
     )
-    return ErnieModel(backbone_config)
+    return ErnieModel(backbone_config), {}
 
 
 def step_layout(config: PretrainConfig, rank: int = 0, world: int = 1) -> StepLayout:

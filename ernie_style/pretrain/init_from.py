@@ -1,0 +1,140 @@
+"""Start pretraining from an existing encoder (`model.init_from`): an ERNIE encoder or release, or
+a BERT-family checkpoint (`BertModel`, `BertForMaskedLM`, `BertForPreTraining`, ...).
+
+The backbone's architecture (sizes, vocabulary, positions, activation) is taken from the
+checkpoint, not from `model.preset`. A BERT checkpoint is mapped into an `ErnieModel` weight for
+weight (the layouts are the same): its two token-type rows fill the first two of ERNIE's four
+segment rows, and the task embeddings ERNIE adds (and the two extra segment rows, and the pooler
+when the checkpoint has none) start from the usual random initialisation. An MLM head in the
+checkpoint (`cls.predictions.*`) is returned for the knowledge-masking head; without one that
+head starts fresh. Weights are read from safetensors only; anything that does not map exactly is
+one clear error naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from transformers import ErnieConfig, ErnieModel
+
+from ernie_style.untrusted import refuse_pickle_weights
+
+#: BERT config fields an `ErnieConfig` takes over unchanged.
+_SHARED_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "initializer_range",
+    "layer_norm_eps",
+    "pad_token_id",
+)
+#: Prefixes of the encoder's weights in BERT checkpoints with heads (`BertForMaskedLM`: `bert.`).
+_ENCODER_PREFIXES = ("bert.", "ernie.")
+#: The masked-LM head of a BERT/ERNIE checkpoint -> our knowledge-masking head's names.
+_MLM_HEAD = {
+    "cls.predictions.transform.dense.weight": "transform.dense.weight",
+    "cls.predictions.transform.dense.bias": "transform.dense.bias",
+    "cls.predictions.transform.LayerNorm.weight": "transform.LayerNorm.weight",
+    "cls.predictions.transform.LayerNorm.bias": "transform.LayerNorm.bias",
+    "cls.predictions.bias": "bias",
+}
+
+
+def load_encoder_checkpoint(
+    path: str | Path, segments: int, task_types: int
+) -> tuple[ErnieModel, dict[str, torch.Tensor]]:
+    """An `ErnieModel` with task embeddings from a local ERNIE or BERT-family directory, and the
+    checkpoint's masked-LM head weights (named as our masked-LM head's; empty if it has none)."""
+    path = Path(path)
+    key = "model.init_from"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{key}: {path} is not a model directory (no config.json)")
+    refuse_pickle_weights(path, key)
+    raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    kind = raw.get("model_type")
+    if kind == "ernie" and raw.get("use_task_id"):
+        config = ErnieConfig.from_pretrained(str(path), local_files_only=True)
+        model = ErnieModel.from_pretrained(
+            str(path), config=config, local_files_only=True, use_safetensors=True
+        )
+        return model, _mlm_head(_read_weights(path, key))
+    if kind not in ("bert", "ernie"):
+        raise ValueError(
+            f"{key}: {path} has model_type {kind!r}; supported: ernie (with or without task "
+            "embeddings) and bert (BERT-family checkpoints with the BERT weight layout)"
+        )
+    if raw.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"{key}: {path}: only absolute position embeddings map onto ERNIE")
+    if raw.get("type_vocab_size", 2) > segments:
+        raise ValueError(
+            f"{key}: {path} has {raw['type_vocab_size']} token types; ERNIE here has {segments}"
+        )
+    config = ErnieConfig(
+        **{field: raw[field] for field in _SHARED_FIELDS if field in raw},
+        type_vocab_size=segments,
+        use_task_id=True,
+        task_type_vocab_size=task_types,
+    )
+    model = ErnieModel(config)
+    weights = _read_weights(path, key)
+    _load_bert_encoder(model, weights, path, key)
+    return model, _mlm_head(weights)
+
+
+def _read_weights(path: Path, key: str) -> dict[str, torch.Tensor]:
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{key}: {path} has no *.safetensors weights")
+    weights: dict[str, torch.Tensor] = {}
+    for file in files:
+        weights |= load_file(str(file))
+    return weights
+
+
+def _load_bert_encoder(
+    model: ErnieModel, weights: dict[str, torch.Tensor], path: Path, key: str
+) -> None:
+    """Copy the encoder's weights into `model`: every BERT encoder weight must find its place
+    with the same shape; only ERNIE's additions (task embeddings) may be missing."""
+    encoder = {}
+    for name, tensor in weights.items():
+        if name.startswith("cls."):
+            continue
+        for prefix in _ENCODER_PREFIXES:
+            name = name.removeprefix(prefix)
+        if name != "embeddings.position_ids":  # a buffer older checkpoints saved
+            encoder[name] = tensor
+    token_types = encoder.pop("embeddings.token_type_embeddings.weight", None)
+    own = model.state_dict()
+    unexpected = sorted(set(encoder) - set(own))
+    wrong = sorted(n for n in encoder if n in own and own[n].shape != encoder[n].shape)
+    # ERNIE's additions, and the pooler, which masked-LM checkpoints do not have, start fresh.
+    allowed_missing = {"embeddings.token_type_embeddings.weight"} | {
+        n for n in own if n.startswith(("embeddings.task_type_embeddings", "pooler."))
+    }
+    missing = sorted(set(own) - set(encoder) - allowed_missing)
+    if unexpected or wrong or missing:
+        raise ValueError(
+            f"{key}: {path}: the weights do not map onto an ERNIE encoder (unexpected "
+            f"{unexpected[:5]}, wrong shape {wrong[:5]}, missing {missing[:5]})"
+        )
+    model.load_state_dict(encoder, strict=False)
+    if token_types is not None:
+        with torch.no_grad():
+            model.embeddings.token_type_embeddings.weight[: len(token_types)] = token_types
+
+
+def _mlm_head(weights: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The checkpoint's masked-LM head under our head's names (all of it or nothing)."""
+    head = {ours: weights[theirs] for theirs, ours in _MLM_HEAD.items() if theirs in weights}
+    return head if len(head) == len(_MLM_HEAD) else {}

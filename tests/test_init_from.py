@@ -1,0 +1,113 @@
+"""`model.init_from`: continued pretraining of an existing encoder, BERT-family checkpoints
+included (their architecture, weights mapped one to one, the checkpoint's own MLM head)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
+
+from ernie_style.pretrain.examples import MAX_SEGMENTS
+from ernie_style.pretrain.init_from import load_encoder_checkpoint
+from ernie_style.pretrain.model import TASK_TYPE_VOCAB_SIZE
+from ernie_style.testing import child_env
+from ernie_style.testing.pretrain import pretrain_cmd, write_config
+from ernie_style.untrusted import UnsafeFileError
+
+
+def _bert(path: Path, vocab_size: int, **config) -> BertForMaskedLM:
+    torch.manual_seed(5)
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    model = BertForMaskedLM(BertConfig(vocab_size=vocab_size, **(sizes | config))).eval()
+    model.save_pretrained(str(path))  # safetensors
+    return model
+
+
+def _load(path: Path):
+    return load_encoder_checkpoint(path, MAX_SEGMENTS, TASK_TYPE_VOCAB_SIZE)
+
+
+def test_a_bert_checkpoint_maps_weight_for_weight(tmp_path):
+    bert = _bert(tmp_path / "bert", 120)
+    ernie, head = _load(tmp_path / "bert")
+    assert ernie.config.hidden_size == 32 and ernie.config.use_task_id
+    ours = ernie.state_dict()
+    for name, tensor in bert.bert.state_dict().items():
+        if name == "embeddings.token_type_embeddings.weight":
+            assert torch.equal(ours[name][:2], tensor)  # BERT's two segments, then fresh rows
+            assert ours[name].shape[0] == MAX_SEGMENTS
+        elif name != "embeddings.position_ids":
+            assert torch.equal(ours[name], tensor), name
+    predictions = bert.cls.predictions
+    assert torch.equal(head["transform.dense.weight"], predictions.transform.dense.weight)
+    assert torch.equal(head["bias"], predictions.bias)
+    # With the (new) task embedding zeroed, the ERNIE encoder computes what BERT computes.
+    ernie.eval()
+    with torch.no_grad():
+        ernie.embeddings.task_type_embeddings.weight.zero_()
+        ids = torch.randint(5, 120, (2, 9))
+        theirs = bert.bert(input_ids=ids).last_hidden_state
+        mine = ernie(input_ids=ids, task_type_ids=torch.zeros_like(ids)).last_hidden_state
+    torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoints_that_do_not_map_are_one_clear_error(tmp_path):
+    _bert(tmp_path / "rel", 50, position_embedding_type="relative_key")
+    with pytest.raises(ValueError, match="only absolute position embeddings"):
+        _load(tmp_path / "rel")
+    config = json.loads((tmp_path / "rel" / "config.json").read_text())
+    (tmp_path / "rel" / "config.json").write_text(json.dumps(config | {"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="model_type 'gpt2'; supported: ernie"):
+        _load(tmp_path / "rel")
+    _bert(tmp_path / "odd", 50)
+    weights = load_file(str(tmp_path / "odd" / "model.safetensors"))
+    weights["bert.encoder.layer.0.output.dense.weight"] = torch.zeros(3, 3)
+    from safetensors.torch import save_file
+
+    save_file(weights, str(tmp_path / "odd" / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"wrong shape \['encoder.layer.0.output.dense.weight'\]"):
+        _load(tmp_path / "odd")
+    (tmp_path / "odd" / "model.safetensors").rename(tmp_path / "odd" / "pytorch_model.bin")
+    with pytest.raises(UnsafeFileError, match="only pickle weights"):
+        _load(tmp_path / "odd")
+
+
+@pytest.mark.slow
+def test_pretraining_continues_a_bert_checkpoint_with_its_own_tokenizer(small_corpus, tmp_path):
+    from ernie_style.tokenizer import load_tokenizer
+
+    encoder = tmp_path / "bert"
+    tokenizer = load_tokenizer(small_corpus / "tokenizer")
+    bert = _bert(encoder, len(tokenizer))
+    for file in (small_corpus / "tokenizer").iterdir():
+        shutil.copy(file, encoder / file.name)
+    config = write_config(
+        tmp_path / "c.yaml",
+        small_corpus,
+        tmp_path / "run",
+        model={"preset": "tiny", "init_from": str(encoder)},
+        data__tokenizer=str(encoder),
+        tasks={"knowledge_masking": {"budget": 2}, "capitalization": {"budget": 2}},
+        precision="fp32",
+    )
+    result = subprocess.run(pretrain_cmd(config), capture_output=True, text=True, env=child_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = sorted((tmp_path / "run" / "checkpoints").iterdir())[0]
+    backbone = json.loads((first / "backbone_config.json").read_text())
+    assert backbone["hidden_size"] == 32  # the checkpoint's architecture, not the tiny preset
+    release = tmp_path / "release"
+    export = [*pretrain_cmd(config)[:3], "export", "--run", str(tmp_path / "run"), "--output"]
+    subprocess.run([*export, str(release)], check=True, capture_output=True, env=child_env())
+    stock = AutoModelForMaskedLM.from_pretrained(str(release))
+    assert stock.config.hidden_size == 32
+    # The knowledge-masking head started from BERT's MLM head and trained from there.
+    trained = stock.cls.predictions.transform.dense.weight
+    original = bert.cls.predictions.transform.dense.weight
+    assert not torch.equal(trained, original)
+    assert (trained - original).abs().max() < 0.1
