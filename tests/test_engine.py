@@ -93,9 +93,9 @@ def test_fine_tuning_logs_its_epoch_in_the_epoch_column(encoder, tmp_path):
 def test_an_old_train_loss_csv_is_upgraded_when_a_run_resumes(tmp_path, phase, stage, epoch):
     path = tmp_path / "train_loss.csv"
     path.write_text("step,stage,task,loss,accuracy\n7,3,mlm,0.25,\n")
-    logger = RunLogger.__new__(RunLogger)
-    logger.run_dir, logger.enabled, logger.phase, logger._tb = tmp_path, True, phase, None
+    logger = RunLogger(tmp_path, enabled=True, phase=phase)
     logger.train_losses(8, stage, epoch, {"mlm": 0.125})
+    logger.close()
     rows = _rows(path)
     assert list(rows[0]) == TRAIN_FIELDS
     assert [(r["step"], r["stage"], r["epoch"], r["loss"]) for r in rows] == [

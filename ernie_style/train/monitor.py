@@ -25,14 +25,16 @@ class RunLogger:
     """Writes TensorBoard events and CSVs under the run directory (main process only)."""
 
     def __init__(self, run_dir: Path, enabled: bool = True, phase: str = "stage") -> None:
+        """`phase`: what the run's phases are ("stage" or "epoch"), i.e. what the `stage`
+        column of a train_loss.csv written before the columns were unified held; such a file
+        is upgraded here, once, before the run appends to it."""
         self.run_dir = run_dir
         self.enabled = enabled
-        #: What the run's phases are ("stage" or "epoch"): what an old train_loss.csv's
-        #: `stage` column held.
-        self.phase = phase
         self._tb = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
+
+            _upgrade_train_csv(run_dir / TRAIN_CSV, phase)
 
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
@@ -48,10 +50,8 @@ class RunLogger:
         """Append per-task training losses of one step to train_loss.csv (full precision: the
         shortest text that reads back as the same float, so logs compare bit for bit)."""
         if self.enabled:
-            path = self.run_dir / TRAIN_CSV
-            _upgrade_train_csv(path, self.phase)
             rows = [[step, stage, epoch, task, repr(float(loss))] for task, loss in losses.items()]
-            _append_csv(path, rows, TRAIN_FIELDS)
+            _append_csv(self.run_dir / TRAIN_CSV, rows, TRAIN_FIELDS)
 
     def heldout(self, step: int, stage: int, results: Mapping[str, Mapping[str, float]]) -> None:
         """Record one held-out evaluation (task -> loss/accuracy/majority) in CSV and
