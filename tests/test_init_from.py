@@ -15,7 +15,6 @@ from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
 
 from ernie_style.pretrain.examples import MAX_SEGMENTS
 from ernie_style.pretrain.init_from import load_encoder_checkpoint
-from ernie_style.pretrain.model import TASK_TYPE_VOCAB_SIZE
 from ernie_style.testing import child_env
 from ernie_style.testing.pretrain import pretrain_cmd, write_config
 from ernie_style.untrusted import UnsafeFileError
@@ -30,7 +29,7 @@ def _bert(path: Path, vocab_size: int, **config) -> BertForMaskedLM:
 
 
 def _load(path: Path):
-    return load_encoder_checkpoint(path, MAX_SEGMENTS, TASK_TYPE_VOCAB_SIZE)
+    return load_encoder_checkpoint(path)
 
 
 def test_a_bert_checkpoint_maps_weight_for_weight(tmp_path):

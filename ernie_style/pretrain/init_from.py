@@ -21,6 +21,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import ErnieConfig, ErnieModel
 
+from ernie_style.pretrain.examples import MAX_SEGMENTS
+from ernie_style.pretrain.model import TASK_TYPE_VOCAB_SIZE
 from ernie_style.untrusted import refuse_pickle_weights
 
 #: BERT config fields an `ErnieConfig` takes over unchanged.
@@ -50,11 +52,11 @@ _MLM_HEAD = {
 }
 
 
-def load_encoder_checkpoint(
-    path: str | Path, segments: int, task_types: int
-) -> tuple[ErnieModel, dict[str, torch.Tensor]]:
-    """An `ErnieModel` with task embeddings from a local ERNIE or BERT-family directory, and the
-    checkpoint's masked-LM head weights (named as our masked-LM head's; empty if it has none)."""
+def load_encoder_checkpoint(path: str | Path) -> tuple[ErnieModel, dict[str, torch.Tensor]]:
+    """An `ErnieModel` with task embeddings (`TASK_TYPE_VOCAB_SIZE` rows) and `MAX_SEGMENTS`
+    segment types from a local ERNIE or BERT-family directory, and the checkpoint's masked-LM
+    head weights (named as our masked-LM head's; empty if it has none)."""
+    segments, task_types = MAX_SEGMENTS, TASK_TYPE_VOCAB_SIZE
     path = Path(path)
     key = "model.init_from"
     if not (path / "config.json").is_file():

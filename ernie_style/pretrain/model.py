@@ -59,7 +59,7 @@ def load_backbone(path: str | Path) -> ErnieModel:
     (never from a hub; see `ernie_style.pretrain.init_from`)."""
     from ernie_style.pretrain.init_from import load_encoder_checkpoint
 
-    return load_encoder_checkpoint(path, MAX_SEGMENTS, TASK_TYPE_VOCAB_SIZE)[0]
+    return load_encoder_checkpoint(path)[0]
 
 
 @dataclass

@@ -22,11 +22,10 @@ from ernie_style.corpus.index import index_root
 from ernie_style.cpu_kernels import CPU_ATTENTION, resolve_attention, use_cpu_kernels
 from ernie_style.defaults import MLM_TASK
 from ernie_style.pretrain.config import PretrainConfig
-from ernie_style.pretrain.examples import MAX_SEGMENTS, CorpusContext, collate
+from ernie_style.pretrain.examples import CorpusContext, collate
 from ernie_style.pretrain.init_from import load_encoder_checkpoint
 from ernie_style.pretrain.loader import DataStreams, StepLayout
 from ernie_style.pretrain.model import (
-    TASK_TYPE_VOCAB_SIZE,
     ErniePretrainingModel,
     build_backbone_config,
 )
@@ -34,7 +33,6 @@ from ernie_style.pretrain.registry import PretrainTask, get_task
 from ernie_style.pretrain.schedule import ContinualSchedule
 from ernie_style.pretrain.stream import TaskExampleStream
 from ernie_style.tokenizer import load_tokenizer
-from ernie_style.train.balancing import LossBalancer
 from ernie_style.train.checkpoint import load_tensors
 from ernie_style.train.engine import load_weights
 from ernie_style.train.optim import build_adamw
@@ -66,8 +64,6 @@ class RunState:
     #: This process's task streams (one per task and loader slot) and their positions.
     streams: DataStreams
     seed: int
-    #: Loss balancing across the step's tasks (`ernie_style.train.balancing`); set by the trainer.
-    balancer: LossBalancer | None = None
     _heldout: dict[str, list[dict]] = field(default_factory=dict)
 
     @property
@@ -170,9 +166,7 @@ def _build_backbone(
     with its masked-LM head weights if it has one."""
     if config.model.init_from:
         torch.manual_seed(config.seed)  # what the checkpoint lacks (task embeddings) starts seeded
-        backbone, mlm_head = load_encoder_checkpoint(
-            config.model.init_from, MAX_SEGMENTS, TASK_TYPE_VOCAB_SIZE
-        )
+        backbone, mlm_head = load_encoder_checkpoint(config.model.init_from)
         if backbone.config.vocab_size != len(tokenizer):
             raise ValueError(
                 f"model.init_from {config.model.init_from}: vocabulary {backbone.config.vocab_size}"

@@ -66,7 +66,7 @@ class PretrainTrainer(TrainEngine):
                 world=world,
             )
         self.raw_model, self.raw_optimizer = self.state.model, self.state.optimizer
-        self.balancer = self.state.balancer = self._build_balancer(config)
+        self.balancer = self._build_balancer(config)
         self.new_tasks: list[str] = []
         self.data_message: str | None = None
         self._step_stage = 0  # the stage of the step being trained (for the logs)
