@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DynamoBackend, TorchDynamoPlugin
 
 from ernie_style.precision import PrecisionChoice
 from ernie_style.train.accelerator import make_accelerator
 
 BF16 = PrecisionChoice("bf16", "bf16", "asked")
+
+
+@pytest.fixture(autouse=True)
+def no_accelerate_state_from_earlier_tests():
+    """accelerate keeps one state per process: a run an earlier test made (an fp32 fine-tuning,
+    say) would refuse the stock bf16 `Accelerator` these tests build themselves. Start from
+    none, as a fresh process does (the suite runs in random order)."""
+    AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def test_a_dynamo_backend_in_the_environment_is_ignored(monkeypatch):
