@@ -31,6 +31,7 @@ COMMANDS = (
     "pretrain",
     "export",
     "finetune",
+    "eval-suite",
     "evaluate",
     "select",
     "ingest",

@@ -1,0 +1,215 @@
+"""Evaluation suites: fine-tune one encoder on every task of a suite, several seeds each.
+
+A suite file (`configs/suites/*.yaml`) holds the fine-tuning settings shared by every run and the
+tasks (in a fine-tuning config's `tasks` format). `run_suite` fine-tunes the encoder on each task
+separately (and, with `joint: true`, on all tasks at once, MT-DNN style) for each seed, one
+`ernie-style finetune` run per (task, seed) under `OUT/runs/`. A finished run (its metrics.json
+exists) is reused and an interrupted one resumes from its newest checkpoint, so the command can be
+killed and rerun at any point. `ernie_style.finetune.suite_report` summarises the runs.
+
+Encoders: a local directory (an ernie-style release, a BERT/ERNIE checkpoint), `preset:NAME` (the
+`NAME` size preset randomly initialised, vocabulary from `--tokenizer`) or `random:DIR` (DIR's
+exact architecture and tokenizer, weights randomly initialised): the no-pretraining baselines.
+A random encoder is initialised with the fine-tuning seed, so seeds also vary the initialisation.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ernie_style.config import from_dict, option, read_yaml
+from ernie_style.fileio import atomic_dir, atomic_write
+
+#: FinetuneConfig keys a suite sets per run; its `finetune:` section may not set them.
+PER_RUN_KEYS = ("encoder", "tokenizer", "output_dir", "seed", "tasks")
+JOINT = "joint"
+
+
+@dataclass
+class SuiteConfig:
+    """An evaluation suite: shared fine-tuning settings and the tasks."""
+
+    name: str = option("", "suite name (shown in reports)")
+    description: str = option("", "what the suite measures")
+    seeds: int = option(3, "fine-tuning seeds per task: 0 .. seeds-1 (--seeds overrides)")
+    joint: bool = option(False, "also fine-tune all tasks at once (MT-DNN style), per seed")
+    finetune: dict[str, Any] = option(
+        {}, "fine-tuning config keys shared by every run (not encoder/output_dir/seed/tasks)"
+    )
+    tasks: list[dict[str, Any]] = option([], "the tasks, as in a fine-tuning config's `tasks`")
+
+    def validate(self) -> None:
+        """Check the shared keys and every task by building the run configs they make."""
+        if not self.tasks:
+            raise ValueError("tasks: a suite needs at least one task")
+        if self.seeds < 1:
+            raise ValueError(f"seeds: must be >= 1, got {self.seeds}")
+        bad = sorted(set(self.finetune) & set(PER_RUN_KEYS))
+        if bad:
+            raise ValueError(f"finetune.{bad[0]}: set per run by the suite; remove it")
+        names = [task.get("name") for task in self.tasks]
+        if JOINT in names:
+            raise ValueError(f"tasks: the name {JOINT!r} is reserved for the joint run")
+        for index, task in enumerate(self.tasks):
+            try:
+                self.run_config([task], encoder="unchecked", seed=0, output_dir="unchecked")
+            except ValueError as error:
+                raise ValueError(f"tasks[{index}] ({task.get('name')}): {error}") from None
+
+    def task_names(self) -> list[str]:
+        """The tasks' names, in suite order."""
+        return [task["name"] for task in self.tasks]
+
+    def run_config(
+        self, tasks: list[dict[str, Any]], encoder: str, seed: int, output_dir: str
+    ) -> dict[str, Any]:
+        """The fine-tuning config (as a dict, validated) of one run of this suite."""
+        from ernie_style.finetune.config import FinetuneConfig
+
+        data = {**self.finetune, "encoder": encoder, "seed": seed, "output_dir": output_dir}
+        data["tasks"] = tasks
+        from_dict(FinetuneConfig, data)  # errors name the key
+        return data
+
+
+def load_suite(path: str | Path) -> SuiteConfig:
+    """Read and validate a suite file; errors name the file and key, missing data files too."""
+    path = Path(path)
+    try:
+        suite = from_dict(SuiteConfig, read_yaml(path))
+        for index, task in enumerate(suite.tasks):
+            for split, file in (task.get("data") or {}).items():
+                if file and not Path(file).is_file():
+                    raise ValueError(f"tasks[{index}].data.{split}: {file} does not exist")
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return suite
+
+
+def materialise_encoder(spec: str, out: Path, seed: int, tokenizer: str | None = None) -> Path:
+    """The encoder directory for `spec`: DIR as it is, or a randomly initialised one
+    (`preset:NAME` with `tokenizer`, `random:DIR`) written once under `out`."""
+    kind, _, value = spec.partition(":")
+    if kind not in ("preset", "random") or not value:
+        path = Path(spec)
+        if not (path / "config.json").is_file():
+            raise ValueError(f"--encoder {spec}: not an encoder directory (no config.json)")
+        return path
+    target = out / "encoders" / f"{kind}-{Path(value).name}-seed-{seed}"
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import ErnieModel
+
+    from ernie_style.tokenizer import load_tokenizer
+
+    if kind == "preset":
+        from ernie_style.pretrain.model import build_backbone_config
+
+        if not tokenizer:
+            raise ValueError(f"--encoder {spec}: a preset needs --tokenizer DIR (its vocabulary)")
+        tok = load_tokenizer(tokenizer, key="--tokenizer")
+        config = build_backbone_config(value, vocab_size=len(tok), pad_token_id=tok.pad_token_id)
+    else:
+        from ernie_style.pretrain.model import load_backbone
+
+        tok = load_tokenizer(value, key="--encoder")
+        config = load_backbone(value).config
+    torch.manual_seed(seed)
+    with atomic_dir(target) as tmp:
+        ErnieModel(config).save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+    return target
+
+
+def run_dir(out: Path, task: str, seed: int) -> Path:
+    """Where the fine-tuning run of `task` (or `joint`) and `seed` lives."""
+    return out / "runs" / task / f"seed-{seed}"
+
+
+def check_same_inputs(out: Path, record: dict[str, Any]) -> None:
+    """Refuse to mix runs of another encoder or suite into `out`; record them the first time."""
+    path = out / "suite_inputs.json"
+    if path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in record if k != "seeds" and before.get(k) != record[k])
+        if changed:
+            raise ValueError(
+                f"{out} holds runs of another {', '.join(changed)} ({path}); "
+                "use another --output or delete it"
+            )
+    atomic_write(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def finetune_command(config_path: Path, run: Path) -> list[str]:
+    """The child command of one run: resumes from the run's newest checkpoint when it has one
+    (a run interrupted mid-way), starts fresh otherwise."""
+    command = [sys.executable, "-m", "ernie_style", "finetune", "--config", str(config_path)]
+    return command + (["--resume", "auto"] if (run / "checkpoints").is_dir() else [])
+
+
+def run_one(config: dict[str, Any], log: Path) -> float:
+    """Run (or resume) one fine-tuning run in a child process; returns its wall seconds."""
+    run = Path(config["output_dir"])
+    run.parent.mkdir(parents=True, exist_ok=True)
+    config_path = run.parent / f"{run.name}.yaml"
+    atomic_write(config_path, yaml.safe_dump(config, sort_keys=False))
+    started = time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as handle:
+        done = subprocess.run(
+            finetune_command(config_path, run), stdout=handle, stderr=subprocess.STDOUT, check=False
+        )
+    if done.returncode:
+        raise RuntimeError(f"fine-tuning {run} failed (exit {done.returncode}); see {log}")
+    return time.perf_counter() - started
+
+
+def planned_runs(suite: SuiteConfig, seeds: Sequence[int]) -> list[tuple[str, int]]:
+    """(task or `joint`, seed) for every run of the suite, seed-major."""
+    names = suite.task_names() + ([JOINT] if suite.joint else [])
+    return [(name, seed) for seed in seeds for name in names]
+
+
+def run_suite(
+    suite: SuiteConfig,
+    encoder: str,
+    out: Path,
+    seeds: Sequence[int],
+    tokenizer: str | None = None,
+    suite_path: str = "",
+) -> list[tuple[str, int, Path]]:
+    """Run (or resume) every (task, seed) of the suite on `encoder`; returns the run dirs."""
+    from tqdm.auto import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    check_same_inputs(
+        out,
+        {"encoder": encoder, "tokenizer": tokenizer, "suite": suite_path, "tasks": suite.tasks}
+        | {"finetune": suite.finetune},
+    )
+    done = []
+    plan = planned_runs(suite, seeds)
+    bar = tqdm(plan, desc=f"suite {suite.name or suite_path}", unit="run")
+    for name, seed in bar:
+        run = run_dir(out, name, seed)
+        bar.set_postfix_str(f"{name} seed {seed}")
+        if not (run / "metrics.json").is_file():
+            path = materialise_encoder(encoder, out, seed, tokenizer)
+            tasks = suite.tasks if name == JOINT else [t for t in suite.tasks if t["name"] == name]
+            config = suite.run_config(tasks, str(path), seed, str(run))
+            if tokenizer and not encoder.startswith("preset:"):
+                config["tokenizer"] = tokenizer
+            seconds = run_one(config, out / "logs" / f"{name}-seed-{seed}.log")
+            atomic_write(run / "suite_timing.json", json.dumps({"seconds": seconds}) + "\n")
+        done.append((name, seed, run))
+    return done

@@ -1,0 +1,57 @@
+"""The shipped CPU suite's fine-tuning defaults learn its classification sets: with them, even a
+randomly initialised `tiny` encoder predicts more than one class and beats the majority class on
+every classification task (the failure this guards against: every run predicting one class,
+as the old 120-sentence sentiment set did)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ernie_style.finetune.suite import SuiteConfig, run_suite
+from ernie_style.testing import ROOT
+
+SHIPPED = ROOT / "configs" / "suites" / "cpu.yaml"
+
+
+def labels_of(path: Path, field: str) -> list[str]:
+    """The label column of a suite TSV file."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        return [row[field] for row in csv.DictReader(handle, delimiter="\t")]
+
+
+@pytest.mark.slow
+def test_shipped_defaults_do_not_collapse_to_one_class(tmp_path, monkeypatch):
+    from ernie_style.tokenizer import train_wordpiece
+
+    monkeypatch.chdir(ROOT)
+    shipped = yaml.safe_load(SHIPPED.read_text(encoding="utf-8"))
+    tasks = [task for task in shipped["tasks"] if task["type"] == "classification"]
+    assert len(tasks) >= 3
+    texts = []
+    for task in tasks:
+        with open(task["data"]["train"], encoding="utf-8", newline="") as handle:
+            texts += [row["text"] for row in csv.DictReader(handle, delimiter="\t")]
+    train_wordpiece(texts, vocab_size=6000).save_pretrained(str(tmp_path / "tokenizer"))
+    # The shipped `finetune:` section unchanged: epochs, learning rate, batch size, precision.
+    suite = SuiteConfig(name="cpu-classification", finetune=shipped["finetune"], tasks=tasks)
+    suite.validate()
+    out = tmp_path / "out"
+    run_suite(suite, "preset:tiny", out, [0], tokenizer=str(tmp_path / "tokenizer"))
+    for task in tasks:
+        name = task["name"]
+        run = out / "runs" / name / "seed-0"
+        predictions = [
+            json.loads(line)["prediction"]
+            for line in (run / "predictions" / f"{name}.jsonl").read_text().splitlines()
+        ]
+        test_labels = labels_of(Path(task["data"]["test"]), task["label_field"])
+        majority = Counter(test_labels).most_common(1)[0][1] / len(test_labels)
+        accuracy = json.loads((run / "metrics.json").read_text())[name]["test"]["accuracy"]
+        assert len(set(predictions)) >= 2, (name, Counter(predictions))
+        assert accuracy >= majority + 0.05, (name, accuracy, majority)
