@@ -62,8 +62,12 @@ def pretrain_config(variant: str, seed: int, args: argparse.Namespace, out: Path
         "batch_size": 32,
         "precision": "auto",  # bf16 where native (the recorded runs: a bf16-native CPU), else fp32
         "model": {"preset": args.preset},
-        "data": {"corpus": str(args.corpus), "max_seq_len": 128, "heldout_documents": 6},
-        "optim": {"lr": args.lr, "warmup_steps": 20},
+        "data": {
+            "corpus": str(args.corpus),
+            "max_seq_len": 128,
+            "heldout_documents": args.heldout_documents,
+        },
+        "optim": {"lr": args.lr, "warmup_steps": args.warmup_steps},
         "checkpoint_every": 200,
         "keep_checkpoints": 1,
         "eval_every": max(args.steps // 12, 10),
@@ -178,12 +182,22 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--finetune-lr", type=float, default=3e-4)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--heldout-documents", type=int, default=6)
+    parser.add_argument("--warmup-steps", type=int, default=20)
+    parser.add_argument(
+        "--pretrain-only",
+        action="store_true",
+        help="pretrain and export only (evaluate the releases with `ernie-style eval-suite`)",
+    )
     args = parser.parse_args()
     ensure_corpus(args.corpus)
     summary: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": {}}
     for variant in args.variants:
         for seed in args.seeds:
             root = pretrain(variant, seed, args)
+            if args.pretrain_only:
+                print(f"{variant} seed {seed}: pretrained, release in {root / 'release'}")
+                continue
             entry = {
                 "forgetting": forgetting_table(root / "pretrain"),
                 "timing": json.loads((root / "timing.json").read_text(encoding="utf-8")),
@@ -192,6 +206,8 @@ def main() -> None:
             summary["runs"][f"{variant}/seed-{seed}"] = entry
             (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
             print(f"{variant} seed {seed}: done", flush=True)
+    if args.pretrain_only:
+        return
     from report import write_report
 
     write_report(args.out / "summary.json", args.out)
