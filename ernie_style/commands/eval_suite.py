@@ -29,6 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", required=True, type=Path, help="output folder")
     parser.add_argument("--seeds", type=int, help="number of fine-tuning seeds (default: suite's)")
     parser.add_argument("--tokenizer", help="tokenizer dir (presets; overrides the encoder's)")
+    parser.add_argument(
+        "--launcher",
+        default="",
+        help="run each fine-tuning run under this command instead of python, e.g. "
+        "'accelerate launch --num_processes 8' (several GPUs per run)",
+    )
     parser.add_argument("--compare", nargs="+", type=Path, help="eval-suite outputs to compare")
     parser.add_argument("--labels", nargs="+", help="names of the compared outputs")
     parser.set_defaults(func=run)
@@ -56,7 +62,15 @@ def run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     seeds = list(range(args.seeds or suite.seeds))
     with locked_run(args.output, "eval-suite", what="--output", name_directory=True):
-        run_suite(suite, args.encoder, args.output, seeds, args.tokenizer, suite_path=args.suite)
+        run_suite(
+            suite,
+            args.encoder,
+            args.output,
+            seeds,
+            args.tokenizer,
+            suite_path=args.suite,
+            launcher=args.launcher,
+        )
         suite_report.summarise(args.output, suite, seeds, args.encoder)
     print((args.output / "results.md").read_text(encoding="utf-8"))
     return 0

@@ -16,6 +16,7 @@ A random encoder is initialised with the fine-tuning seed, so seeds also vary th
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -141,7 +142,7 @@ def check_same_inputs(out: Path, record: dict[str, Any]) -> None:
     path = out / "suite_inputs.json"
     if path.is_file():
         before = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in record if k != "seeds" and before.get(k) != record[k])
+        changed = sorted(k for k in record if before.get(k) != record[k])
         if changed:
             raise ValueError(
                 f"{out} holds runs of another {', '.join(changed)} ({path}); "
@@ -150,14 +151,16 @@ def check_same_inputs(out: Path, record: dict[str, Any]) -> None:
     atomic_write(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
-def finetune_command(config_path: Path, run: Path) -> list[str]:
-    """The child command of one run: resumes from the run's newest checkpoint when it has one
-    (a run interrupted mid-way), starts fresh otherwise."""
-    command = [sys.executable, "-m", "ernie_style", "finetune", "--config", str(config_path)]
+def finetune_command(config_path: Path, run: Path, launcher: str = "") -> list[str]:
+    """The child command of one run: `python -m ernie_style finetune`, or under `launcher`
+    (e.g. `accelerate launch --num_processes 8`: several GPUs per run); resumes from the run's
+    newest checkpoint when it has one (a run interrupted mid-way), starts fresh otherwise."""
+    prefix = shlex.split(launcher) if launcher else [sys.executable]
+    command = [*prefix, "-m", "ernie_style", "finetune", "--config", str(config_path)]
     return command + (["--resume", "auto"] if (run / "checkpoints").is_dir() else [])
 
 
-def run_one(config: dict[str, Any], log: Path) -> float:
+def run_one(config: dict[str, Any], log: Path, launcher: str = "") -> float:
     """Run (or resume) one fine-tuning run in a child process; returns its wall seconds."""
     run = Path(config["output_dir"])
     run.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +170,10 @@ def run_one(config: dict[str, Any], log: Path) -> float:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a", encoding="utf-8") as handle:
         done = subprocess.run(
-            finetune_command(config_path, run), stdout=handle, stderr=subprocess.STDOUT, check=False
+            finetune_command(config_path, run, launcher),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            check=False,
         )
     if done.returncode:
         raise RuntimeError(f"fine-tuning {run} failed (exit {done.returncode}); see {log}")
@@ -187,6 +193,7 @@ def run_suite(
     seeds: Sequence[int],
     tokenizer: str | None = None,
     suite_path: str = "",
+    launcher: str = "",
 ) -> list[tuple[str, int, Path]]:
     """Run (or resume) every (task, seed) of the suite on `encoder`; returns the run dirs."""
     from tqdm.auto import tqdm
@@ -209,7 +216,7 @@ def run_suite(
             config = suite.run_config(tasks, str(path), seed, str(run))
             if tokenizer and not encoder.startswith("preset:"):
                 config["tokenizer"] = tokenizer
-            seconds = run_one(config, out / "logs" / f"{name}-seed-{seed}.log")
+            seconds = run_one(config, out / "logs" / f"{name}-seed-{seed}.log", launcher)
             atomic_write(run / "suite_timing.json", json.dumps({"seconds": seconds}) + "\n")
         done.append((name, seed, run))
     return done

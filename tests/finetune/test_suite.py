@@ -146,7 +146,9 @@ def test_run_suite_end_to_end_resumes_and_summarises(tmp_path, monkeypatch):
     # Rerun: finished runs are reused; only a run without metrics.json runs again.
     (out / "runs/doc_similarity/seed-1/metrics.json").unlink()
     ran = []
-    monkeypatch.setattr(suite_module, "run_one", lambda config, log: ran.append(config) or 1.0)
+    monkeypatch.setattr(
+        suite_module, "run_one", lambda config, log, launcher: ran.append(config) or 1.0
+    )
     run_suite(suite, str(encoder), out, [0, 1], suite_path=str(suite_path))
     assert [(c["tasks"][0]["name"], c["seed"]) for c in ran] == [("doc_similarity", 1)]
     assert ran[0]["output_dir"] == str(out / "runs/doc_similarity/seed-1")
@@ -164,7 +166,9 @@ def test_joint_run_trains_all_tasks_at_once(tmp_path, monkeypatch):
     )
     suite.validate()
     ran = []
-    monkeypatch.setattr(suite_module, "run_one", lambda config, log: ran.append(config) or 1.0)
+    monkeypatch.setattr(
+        suite_module, "run_one", lambda config, log, launcher: ran.append(config) or 1.0
+    )
     encoder = make_encoder_dir(tmp_path / "enc", vocab_size=300)
     run_suite(suite, str(encoder), tmp_path / "out", [0])
     assert [[t["name"] for t in c["tasks"]] for c in ran] == [
@@ -211,3 +215,5 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     assert "--resume" not in suite_module.finetune_command(config, run)
     (run / "checkpoints").mkdir(parents=True)
     assert suite_module.finetune_command(config, run)[-2:] == ["--resume", "auto"]
+    launched = suite_module.finetune_command(config, run, "accelerate launch --num_processes 2")
+    assert launched[:6] == ["accelerate", "launch", "--num_processes", "2", "-m", "ernie_style"]
