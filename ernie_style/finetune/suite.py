@@ -47,6 +47,9 @@ class SuiteConfig:
         {}, "fine-tuning config keys shared by every run (not encoder/output_dir/seed/tasks)"
     )
     tasks: list[dict[str, Any]] = option([], "the tasks, as in a fine-tuning config's `tasks`")
+    task_overrides: dict[str, dict[str, Any]] = option(
+        {}, "per task name: fine-tuning keys that replace `finetune:` in its own runs (epochs...)"
+    )
 
     def validate(self) -> None:
         """Check the shared keys and every task by building the run configs they make."""
@@ -60,6 +63,12 @@ class SuiteConfig:
         names = [task.get("name") for task in self.tasks]
         if JOINT in names:
             raise ValueError(f"tasks: the name {JOINT!r} is reserved for the joint run")
+        for name, keys in self.task_overrides.items():
+            if name not in names:
+                raise ValueError(f"task_overrides.{name}: no such task; tasks: {names}")
+            bad = sorted(set(keys) & set(PER_RUN_KEYS))
+            if bad:
+                raise ValueError(f"task_overrides.{name}.{bad[0]}: set per run by the suite")
         for index, task in enumerate(self.tasks):
             try:
                 self.run_config([task], encoder="unchecked", seed=0, output_dir="unchecked")
@@ -73,13 +82,25 @@ class SuiteConfig:
     def run_config(
         self, tasks: list[dict[str, Any]], encoder: str, seed: int, output_dir: str
     ) -> dict[str, Any]:
-        """The fine-tuning config (as a dict, validated) of one run of this suite."""
+        """The fine-tuning config (as a dict, validated) of one run of this suite: the shared
+        `finetune:` keys, then a single-task run's `task_overrides`."""
         from ernie_style.finetune.config import FinetuneConfig
 
-        data = {**self.finetune, "encoder": encoder, "seed": seed, "output_dir": output_dir}
+        overrides = self.task_overrides.get(tasks[0]["name"], {}) if len(tasks) == 1 else {}
+        data = merged(self.finetune, overrides)
+        data |= {"encoder": encoder, "seed": seed, "output_dir": output_dir}
         data["tasks"] = tasks
         from_dict(FinetuneConfig, data)  # errors name the key
         return data
+
+
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` applied; nested sections (`optim:`) are merged key by key."""
+    out = dict(base)
+    for key, value in overrides.items():
+        both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if both_dicts else value
+    return out
 
 
 def load_suite(path: str | Path) -> SuiteConfig:
@@ -202,7 +223,7 @@ def run_suite(
     check_same_inputs(
         out,
         {"encoder": encoder, "tokenizer": tokenizer, "suite": suite_path, "tasks": suite.tasks}
-        | {"finetune": suite.finetune},
+        | {"finetune": suite.finetune, "task_overrides": suite.task_overrides},
     )
     done = []
     plan = planned_runs(suite, seeds)

@@ -217,3 +217,24 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     assert suite_module.finetune_command(config, run)[-2:] == ["--resume", "auto"]
     launched = suite_module.finetune_command(config, run, "accelerate launch --num_processes 2")
     assert launched[:6] == ["accelerate", "launch", "--num_processes", "2", "-m", "ernie_style"]
+
+
+def test_task_overrides_apply_to_that_task_alone(tmp_path):
+    suite = SuiteConfig(
+        joint=True,
+        finetune={"epochs": 3, "optim": {"lr": 1e-3, "warmup_ratio": 0.1}},
+        tasks=shipped_tasks("sentiment", "wiki_pairs"),
+        task_overrides={"wiki_pairs": {"epochs": 10, "optim": {"lr": 5e-4}}},
+    )
+    suite.validate()
+    pairs = suite.run_config([suite.tasks[1]], "enc", 0, "out")
+    assert pairs["epochs"] == 10
+    assert pairs["optim"] == {"lr": 5e-4, "warmup_ratio": 0.1}  # merged, not replaced
+    assert suite.run_config([suite.tasks[0]], "enc", 0, "out")["epochs"] == 3
+    assert suite.run_config(suite.tasks, "enc", 0, "out")["epochs"] == 3  # the joint run
+    with pytest.raises(ValueError, match=r"task_overrides\.nope: no such task"):
+        SuiteConfig(tasks=suite.tasks, task_overrides={"nope": {"epochs": 1}}).validate()
+    with pytest.raises(ValueError, match=r"task_overrides\.sentiment\.seed: set per run"):
+        SuiteConfig(tasks=suite.tasks, task_overrides={"sentiment": {"seed": 1}}).validate()
+    with pytest.raises(ValueError, match=r"tasks\[1\] \(wiki_pairs\):.*epochs"):
+        SuiteConfig(tasks=suite.tasks, task_overrides={"wiki_pairs": {"epochs": 0}}).validate()

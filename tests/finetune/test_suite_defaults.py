@@ -1,7 +1,8 @@
-"""The shipped CPU suite's fine-tuning defaults learn its classification sets: with them, even a
-randomly initialised `tiny` encoder predicts more than one class and beats the majority class on
-every classification task (the failure this guards against: every run predicting one class,
-as the old 120-sentence sentiment set did)."""
+"""The shipped CPU suite's fine-tuning defaults learn its label sets: with them, even a randomly
+initialised `tiny` encoder predicts more than one class and beats the majority class on every
+classification task, and finds entities in the NER task (the failure this guards against: every
+run predicting one class, as the old 120-sentence sentiment set did, or tagging every word O, as
+3 epochs of WNUT-16 did)."""
 
 from __future__ import annotations
 
@@ -31,20 +32,34 @@ def test_shipped_defaults_do_not_collapse_to_one_class(tmp_path, monkeypatch):
 
     monkeypatch.chdir(ROOT)
     shipped = yaml.safe_load(SHIPPED.read_text(encoding="utf-8"))
-    tasks = [task for task in shipped["tasks"] if task["type"] == "classification"]
-    assert len(tasks) >= 3
+    types = ("classification", "token_classification")
+    tasks = [task for task in shipped["tasks"] if task["type"] in types]
+    assert len(tasks) >= 4
     texts = []
     for task in tasks:
         with open(task["data"]["train"], encoding="utf-8", newline="") as handle:
-            texts += [row["text"] for row in csv.DictReader(handle, delimiter="\t")]
+            if task["type"] == "token_classification":
+                texts += [" ".join(json.loads(line)["tokens"]) for line in handle]
+            else:
+                texts += [row["text"] for row in csv.DictReader(handle, delimiter="\t")]
     train_wordpiece(texts, vocab_size=6000).save_pretrained(str(tmp_path / "tokenizer"))
-    # The shipped `finetune:` section unchanged: epochs, learning rate, batch size, precision.
-    suite = SuiteConfig(name="cpu-classification", finetune=shipped["finetune"], tasks=tasks)
+    # The shipped settings unchanged: epochs, learning rate, batch size, precision, overrides.
+    suite = SuiteConfig(
+        name="cpu-labels",
+        finetune=shipped["finetune"],
+        tasks=tasks,
+        task_overrides=shipped.get("task_overrides", {}),
+    )
     suite.validate()
     out = tmp_path / "out"
     run_suite(suite, "preset:tiny", out, [0], tokenizer=str(tmp_path / "tokenizer"))
     for task in tasks:
         name = task["name"]
+        if task["type"] == "token_classification":
+            run = out / "runs" / name / "seed-0"
+            f1 = json.loads((run / "metrics.json").read_text())[name]["test"]["entity_f1"]
+            assert f1 >= 0.05, (name, f1)  # entities found, not every word tagged O
+            continue
         run = out / "runs" / name / "seed-0"
         predictions = [
             json.loads(line)["prediction"]
