@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--plots", type=Path, help="copy each run's heldout_loss.png here")
     args = parser.parse_args()
-    variants = sorted(p.parent.name for p in args.folder.glob("*/seed-0/release"))
+    variants = sorted(p.parents[1].name for p in args.folder.glob("*/seed-0/release"))
     print("| variant | steps | tokens seen | pretraining wall time |")
     print("|---|---|---|---|")
     for variant in variants:

@@ -153,6 +153,7 @@ def plot_single(result: dict[str, Any], path: Path) -> None:
     ax.set_xticks(range(len(keys)), keys, rotation=30, ha="right")
     ax.set_ylabel("test main metric (x100)")
     ax.set_title(f"{result['suite']}: {Path(result['encoder']).name}")
+    fig.tight_layout()
     save_figure(fig, path)
 
 
@@ -261,5 +262,6 @@ def plot_comparison(comparison: dict[str, Any], rows: Sequence[str], path: Path)
         )
     ax.set_xticks(range(len(rows)), rows, rotation=30, ha="right")
     ax.set_ylabel("test main metric (x100)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=min(len(labels), 3), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout()
     save_figure(fig, path)
