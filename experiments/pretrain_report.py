@@ -9,29 +9,11 @@ accuracy of every pretraining task (the forgetting table); copies each run's hel
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 from pathlib import Path
 
-TASKS = (
-    "knowledge_masking",
-    "capitalization",
-    "token_document_relation",
-    "sentence_reordering",
-    "sentence_distance",
-    "discourse_relation",
-    "ir_relevance",
-)
-
-
-def last_heldout(run: Path) -> dict[str, dict[str, float]]:
-    """The last held-out evaluation of every task the run evaluated."""
-    last: dict[str, dict[str, float]] = {}
-    with (run / "heldout.csv").open(encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            last[row["task"]] = {"loss": float(row["loss"]), "accuracy": float(row["accuracy"])}
-    return last
+from ernie2_comparisons import TASKS, forgetting_table
 
 
 def final_state(run: Path) -> dict:
@@ -65,7 +47,7 @@ def main() -> None:
     print("| variant | " + " | ".join(TASKS) + " |")
     print("|---" * (len(TASKS) + 1) + "|")
     for variant in variants:
-        last = last_heldout(args.folder / variant / "seed-0" / "pretrain")
+        last = forgetting_table(args.folder / variant / "seed-0" / "pretrain")
         cells = [
             f"{last[t]['loss']:.3f} ({last[t]['accuracy']:.2f})" if t in last else "-"
             for t in TASKS

