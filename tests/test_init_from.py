@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
 
 from ernie_style.pretrain.examples import MAX_SEGMENTS
-from ernie_style.pretrain.init_from import load_encoder_checkpoint
+from ernie_style.pretrain.init_from import encoder_config, load_encoder_checkpoint
 from ernie_style.testing import child_env
 from ernie_style.testing.pretrain import pretrain_cmd, write_config
 from ernie_style.untrusted import UnsafeFileError
@@ -54,6 +54,17 @@ def test_a_bert_checkpoint_maps_weight_for_weight(tmp_path):
         theirs = bert.bert(input_ids=ids).last_hidden_state
         mine = ernie(input_ids=ids, task_type_ids=torch.zeros_like(ids)).last_hidden_state
     torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_encoder_config_is_the_loaded_architecture_from_config_json_alone(tmp_path):
+    _bert(tmp_path / "bert", 120)
+    expected = load_encoder_checkpoint(tmp_path / "bert")[0].config.to_dict()
+    shutil.copytree(tmp_path / "bert", tmp_path / "config_only")
+    for weights in (tmp_path / "config_only").glob("*.safetensors"):
+        weights.unlink()  # the weights are never read
+    assert encoder_config(tmp_path / "config_only").to_dict() == expected
+    with pytest.raises(FileNotFoundError, match=r"--encoder: .*no config\.json"):
+        encoder_config(tmp_path / "missing", key="--encoder")
 
 
 def test_checkpoints_that_do_not_map_are_one_clear_error(tmp_path):

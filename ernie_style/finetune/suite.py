@@ -142,10 +142,10 @@ def materialise_encoder(spec: str, out: Path, seed: int, tokenizer: str | None =
         tok = load_tokenizer(tokenizer, key="--tokenizer")
         config = build_backbone_config(value, vocab_size=len(tok), pad_token_id=tok.pad_token_id)
     else:
-        from ernie_style.pretrain.model import load_backbone
+        from ernie_style.pretrain.init_from import encoder_config
 
         tok = load_tokenizer(value, key="--encoder")
-        config = load_backbone(value).config
+        config = encoder_config(value, key="--encoder")  # the architecture, not the weights
     torch.manual_seed(seed)
     with atomic_dir(target) as tmp:
         ErnieModel(config).save_pretrained(str(tmp))

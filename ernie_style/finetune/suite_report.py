@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ernie_style.fileio import atomic_write, save_figure
-from ernie_style.finetune.suite import JOINT, SuiteConfig
+from ernie_style.finetune.suite import JOINT, SuiteConfig, run_dir
 
 
 def main_metric(task: dict[str, Any]) -> str:
@@ -58,7 +58,7 @@ def collect(out: Path, suite: SuiteConfig, seeds: Sequence[int]) -> dict[str, An
     names = suite.task_names() + ([JOINT] if suite.joint else [])
     for name in names:
         for seed in seeds:
-            run = out / "runs" / name / f"seed-{seed}"
+            run = run_dir(out, name, seed)
             metrics_path = run / "metrics.json"
             if not metrics_path.is_file():
                 continue

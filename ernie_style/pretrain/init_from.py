@@ -56,20 +56,45 @@ def load_encoder_checkpoint(path: str | Path) -> tuple[ErnieModel, dict[str, tor
     """An `ErnieModel` with task embeddings (`TASK_TYPE_VOCAB_SIZE` rows) and `MAX_SEGMENTS`
     segment types from a local ERNIE or BERT-family directory, and the checkpoint's masked-LM
     head weights (named as our masked-LM head's; empty if it has none)."""
-    segments, task_types = MAX_SEGMENTS, TASK_TYPE_VOCAB_SIZE
     path = Path(path)
     key = "model.init_from"
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{key}: {path} is not a model directory (no config.json)")
+    raw = _read_config_json(path, key)
     refuse_pickle_weights(path, key)
-    raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    kind = raw.get("model_type")
-    if kind == "ernie" and raw.get("use_task_id"):
-        config = ErnieConfig.from_pretrained(str(path), local_files_only=True)
+    config = _mapped_config(raw, path, key)
+    if _has_task_embeddings(raw):
         model = ErnieModel.from_pretrained(
             str(path), config=config, local_files_only=True, use_safetensors=True
         )
         return model, _mlm_head(_read_weights(path, key))
+    model = ErnieModel(config)
+    weights = _read_weights(path, key)
+    _load_bert_encoder(model, weights, path, key)
+    return model, _mlm_head(weights)
+
+
+def encoder_config(path: str | Path, key: str = "model.init_from") -> ErnieConfig:
+    """The `ErnieConfig` `load_encoder_checkpoint` gives the checkpoint at `path`, from its
+    config.json alone (no weights read); anything that does not map is an error naming `key`."""
+    path = Path(path)
+    return _mapped_config(_read_config_json(path, key), path, key)
+
+
+def _read_config_json(path: Path, key: str) -> dict[str, Any]:
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{key}: {path} is not a model directory (no config.json)")
+    return json.loads((path / "config.json").read_text(encoding="utf-8"))
+
+
+def _has_task_embeddings(raw: dict[str, Any]) -> bool:
+    """An ERNIE checkpoint with task embeddings: it loads as it is, no mapping needed."""
+    return raw.get("model_type") == "ernie" and bool(raw.get("use_task_id"))
+
+
+def _mapped_config(raw: dict[str, Any], path: Path, key: str) -> ErnieConfig:
+    """The checkpoint's architecture as an ERNIE config with task embeddings."""
+    if _has_task_embeddings(raw):
+        return ErnieConfig.from_pretrained(str(path), local_files_only=True)
+    kind = raw.get("model_type")
     if kind not in ("bert", "ernie"):
         raise ValueError(
             f"{key}: {path} has model_type {kind!r}; supported: ernie (with or without task "
@@ -77,20 +102,16 @@ def load_encoder_checkpoint(path: str | Path) -> tuple[ErnieModel, dict[str, tor
         )
     if raw.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"{key}: {path}: only absolute position embeddings map onto ERNIE")
-    if raw.get("type_vocab_size", 2) > segments:
+    if raw.get("type_vocab_size", 2) > MAX_SEGMENTS:
         raise ValueError(
-            f"{key}: {path} has {raw['type_vocab_size']} token types; ERNIE here has {segments}"
+            f"{key}: {path} has {raw['type_vocab_size']} token types; ERNIE here has {MAX_SEGMENTS}"
         )
-    config = ErnieConfig(
+    return ErnieConfig(
         **{field: raw[field] for field in _SHARED_FIELDS if field in raw},
-        type_vocab_size=segments,
+        type_vocab_size=MAX_SEGMENTS,
         use_task_id=True,
-        task_type_vocab_size=task_types,
+        task_type_vocab_size=TASK_TYPE_VOCAB_SIZE,
     )
-    model = ErnieModel(config)
-    weights = _read_weights(path, key)
-    _load_bert_encoder(model, weights, path, key)
-    return model, _mlm_head(weights)
 
 
 def _read_weights(path: Path, key: str) -> dict[str, torch.Tensor]:
