@@ -8,6 +8,8 @@ costs nothing, so a trainer passes only the output the head reads (`head.reads`)
 - `mmoe` (Ma et al. 2018, Multi-gate Mixture-of-Experts): E shared experts, each a small
   feed-forward network Linear(H, d) -> GELU -> dropout -> Linear(d, H); one softmax gate
   Linear(H, E) per task; the task's input is the gate-weighted sum of the experts' outputs.
+  With `levels: n`, n MMoE levels stacked like PLE's (a shared gate below the top level feeds
+  the next level's experts; each task's gates follow the task's own path).
 - `ple` (Tang et al. 2020, Progressive Layered Extraction): each of `levels` levels has
   shared experts and task-specific experts per task; a task's gate mixes its own experts and
   the shared ones, and, below the top level, a shared gate mixes all experts (every task's
@@ -221,55 +223,117 @@ class HardSharing(SharingLayer):
             self.add_task(name)
 
 
+class MMoELevel(nn.Module):
+    """One level above the first of a multi-level MMoE: shared experts, a gate per task and,
+    below the top level, a shared gate."""
+
+    def __init__(
+        self, hidden_size: int, num_experts: int, expert_hidden: int, dropout: float, top: bool
+    ) -> None:
+        super().__init__()
+        self.experts = ExpertBank(num_experts, hidden_size, expert_hidden, dropout)
+        self.gates = nn.ModuleDict()
+        self.shared_gate = None if top else _linear(hidden_size, num_experts)
+
+
 @register_sharing("mmoe")
 class MMoESharing(SharingLayer):
-    """Multi-gate Mixture-of-Experts: shared experts, one softmax gate per task."""
+    """Multi-gate Mixture-of-Experts: shared experts, one softmax gate per task; with
+    `levels` > 1, stacked like PLE's levels (PLE without task experts).
+
+    Level l has E shared experts reading the shared input s_l and a gate per task reading the
+    task's input x_l: x_{l+1} = x_l + sum_e g_{t,l}(x_l)_e E_{l,e}(s_l); below the top level a
+    shared gate makes the next shared input, s_{l+1} = s_l + sum_e g_{s,l}(s_l)_e E_{l,e}(s_l)
+    (x_1 = s_1 = the encoder output; without `residual` the sums alone). A forward pass for
+    task t computes t's path and the shared one: `levels` expert banks, no other task's gates.
+    Level 1 keeps the one-level names (`experts`, `gates`, plus `shared_gate` when stacked);
+    levels 2.. are `upper_levels`.
+    """
 
     @dataclass
     class Config(ExpertOptions):
         """Options of `mmoe`."""
 
-        num_experts: int = option(4, "shared experts E >= 1")
+        num_experts: int = option(4, "shared experts E >= 1 (per level)")
+        levels: int = option(1, "stacked MMoE levels, >= 1 (multi-level MMoE)")
 
         def validate(self) -> None:
-            """The expert options and num_experts >= 1."""
+            """The expert options, num_experts >= 1 and levels >= 1."""
             super().validate()
             check_count("num_experts", self.num_experts)
+            check_count("levels", self.levels)
 
     def __init__(
         self,
         hidden_size: int,
         tasks: Sequence[str],
         num_experts: int = 4,
+        levels: int = 1,
         expert_hidden: int | None = None,
         dropout: float = 0.1,
         residual: bool = True,
         touch_unused: bool = True,
     ) -> None:
         super().__init__(touch_unused)
+        check_count("levels", levels)
         self.hidden_size = hidden_size
         self.residual = residual
-        self.experts = ExpertBank(num_experts, hidden_size, expert_hidden or hidden_size, dropout)
+        width = expert_hidden or hidden_size
+        self.experts = ExpertBank(num_experts, hidden_size, width, dropout)
         self.gates = nn.ModuleDict()
+        self.shared_gate = _linear(hidden_size, num_experts) if levels > 1 else None
+        self.upper_levels = nn.ModuleList(
+            MMoELevel(hidden_size, num_experts, width, dropout, top=i == levels - 2)
+            for i in range(levels - 1)
+        )
         for name in tasks:
             self.add_task(name)
 
-    def add_task(self, name: str) -> None:
-        """A new gate over the shared experts."""
-        self._register(name)
-        self.gates[name] = _linear(self.hidden_size, self.experts.num_experts)
+    @property
+    def num_levels(self) -> int:
+        """How many MMoE levels are stacked."""
+        return 1 + len(self.upper_levels)
 
-    def gate_weights(self, task: str, x: torch.Tensor) -> torch.Tensor:
-        """The task's softmax weights over the experts, [..., E] for `x` [..., H]."""
-        return F.softmax(self.gates[task](x), dim=-1)
+    def _level(self, level: int) -> tuple[ExpertBank, nn.ModuleDict, nn.Module | None]:
+        if level == 0:
+            return self.experts, self.gates, self.shared_gate
+        upper = self.upper_levels[level - 1]
+        return upper.experts, upper.gates, upper.shared_gate
+
+    def add_task(self, name: str) -> None:
+        """A new gate over the shared experts, at every level."""
+        self._register(name)
+        for level in range(self.num_levels):
+            experts, gates, _ = self._level(level)
+            gates[name] = _linear(self.hidden_size, experts.num_experts)
+
+    def gate_weights(self, task: str, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+        """The task's softmax weights over the experts at `level`, [..., E] for `x` [..., H]."""
+        return F.softmax(self._level(level)[1][task](x), dim=-1)
 
     def _transform(self, task: str, x: torch.Tensor) -> torch.Tensor:
-        mixed = _mix(self.gate_weights(task, x), self.experts(x))
-        return x + mixed if self.residual else mixed
+        task_input = shared_input = x
+        for level in range(self.num_levels):
+            experts, _, shared_gate = self._level(level)
+            expert_out = experts(shared_input)
+            mixed = _mix(self.gate_weights(task, task_input, level), expert_out)
+            next_task = task_input + mixed if self.residual else mixed
+            if shared_gate is not None:
+                weights = F.softmax(shared_gate(shared_input), dim=-1)
+                mixed = _mix(weights, expert_out)
+                shared_input = shared_input + mixed if self.residual else mixed
+            task_input = next_task
+        return task_input
 
     def unused_parameters(self, task: str) -> list[nn.Parameter]:
-        """The other tasks' gates."""
-        return [p for name, gate in self.gates.items() if name != task for p in gate.parameters()]
+        """The other tasks' gates at every level."""
+        return [
+            p
+            for level in range(self.num_levels)
+            for name, gate in self._level(level)[1].items()
+            if name != task
+            for p in gate.parameters()
+        ]
 
 
 class SharedGate(nn.Module):

@@ -103,6 +103,42 @@ def test_mmoe_matches_reference_and_gates_sum_to_one():
     torch.testing.assert_close(plain("b", None, pooled)[1], out_pooled - pooled)
 
 
+def mmoe_reference(sharing, task: str, x: torch.Tensor) -> torch.Tensor:
+    """Multi-level MMoE written out: task gates on the task path, experts and shared gates
+    on the shared path."""
+    banks = [sharing.experts, *(level.experts for level in sharing.upper_levels)]
+    gates = [sharing.gates, *(level.gates for level in sharing.upper_levels)]
+    shared = [sharing.shared_gate, *(level.shared_gate for level in sharing.upper_levels)]
+    task_x, shared_x = x, x
+    for bank, task_gates, shared_gate in zip(banks, gates, shared, strict=True):
+        experts = bank(shared_x)
+        weights = F.softmax(task_gates[task](task_x), dim=-1)
+        task_x = task_x + (weights[..., None] * experts).sum(-2)
+        if shared_gate is not None:
+            weights = F.softmax(shared_gate(shared_x), dim=-1)
+            shared_x = shared_x + (weights[..., None] * experts).sum(-2)
+    return task_x
+
+
+def test_multilevel_mmoe_matches_reference_and_one_level_is_plain_mmoe():
+    sharing = layer("mmoe", num_experts=3, expert_hidden=8, levels=3)
+    randomize(sharing)
+    assert sharing.num_levels == 3 and sharing.upper_levels[-1].shared_gate is None
+    seq, pooled = inputs()
+    for task in TASKS:
+        out_seq, out_pooled = sharing(task, seq, pooled)
+        torch.testing.assert_close(out_seq, mmoe_reference(sharing, task, seq))
+        torch.testing.assert_close(out_pooled, mmoe_reference(sharing, task, pooled))
+    # Each level adds to the result: three levels differ from the first level alone.
+    single = layer("mmoe", num_experts=3, expert_hidden=8)
+    single.load_state_dict(
+        {k: v for k, v in sharing.state_dict().items() if k.startswith(("experts.", "gates."))}
+    )
+    assert not torch.allclose(single("a", None, pooled)[1], sharing("a", None, pooled)[1])
+    # One level keeps the names a one-level MMoE checkpoint has.
+    assert {k.split(".")[0] for k in single.state_dict()} == {"experts", "gates"}
+
+
 def test_gate_is_per_position_for_sequences():
     for kind in ("mmoe", "ple"):
         sharing = layer(kind)
@@ -189,6 +225,7 @@ def grads_after_one_task(sharing, task: str = "b", read: str = "pooled") -> dict
 
 CONFIGS = [
     ("mmoe", {}),
+    ("mmoe", {"levels": 3}),
     ("cgc", {}),
     ("ple", {"levels": 2}),
     ("ple", {"levels": 3}),
@@ -322,6 +359,7 @@ DOCUMENTED = {
     "hard": {},
     "mmoe": {
         "num_experts": 2,
+        "levels": 2,
         "expert_hidden": 8,
         "dropout": 0,
         "residual": False,
@@ -375,8 +413,9 @@ def test_each_config_accepts_its_documented_options(kind):
             "mmoe",
             {"num_expert": 2},
             r"^sharing_options\.num_expert: unknown option for sharing kind 'mmoe'; valid: "
-            "dropout, expert_hidden, num_experts, residual, touch_unused$",
+            "dropout, expert_hidden, levels, num_experts, residual, touch_unused$",
         ),
+        ("mmoe", {"levels": 0}, r"^sharing_options\.levels must be an integer >= 1, got 0$"),
         ("cgc", {"levels": 2}, r"^sharing_options\.levels: unknown option for sharing kind 'cgc'"),
         ("hard", {"dropout": 0.1}, r"^sharing_options\.dropout: unknown option.*valid: none"),
         ("mmoe", {"num_experts": "4"}, "config key 'sharing_options.num_experts' must be int"),
