@@ -139,6 +139,60 @@ def test_auto_schedule_from_task_order_and_first_stage():
     assert schedule.stages[0] == {"knowledge_masking": 20, "capitalization": 14}
 
 
+THREE_TASKS = (
+    "tasks={knowledge_masking: {budget: 80}, capitalization: {budget: 40}, "
+    "sentence_reordering: {budget: 40}}"
+)
+
+
+def test_curricula_build_their_stage_sets():
+    def stages(*overrides):
+        config = load_config(PretrainConfig, None, ["data.corpus=c", THREE_TASKS, *overrides])
+        return [sorted(stage) for stage in config.build_schedule().stages]
+
+    km, cap, sro = "knowledge_masking", "capitalization", "sentence_reordering"
+    assert stages("schedule.stages=pairwise") == [
+        [km], [cap], [sro], sorted([km, cap]), sorted([cap, sro]), sorted([km, sro]),
+        sorted([km, cap, sro]),
+    ]  # fmt: skip
+    assert stages("schedule.stages=anti_curriculum", f"schedule.first_stage_tasks=[{sro}]") == [
+        [sro], sorted([km, cap, sro]),
+    ]  # fmt: skip
+    explicit = f"schedule.stages=[[{cap}], [{km}, {cap}], [{sro}, {km}]]"
+    assert stages(explicit) == [[cap], sorted([km, cap]), sorted([sro, km])]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["schedule.stages=spiral"], r"schedule\.stages: unknown curriculum 'spiral'"),
+        (["schedule.stages=anti_curriculum"], r"schedule\.first_stage_tasks: name the task"),
+        (
+            ["schedule.stages=anti_curriculum", "schedule.first_stage_tasks=[nope]"],
+            r"schedule\.first_stage_tasks: .*must be among",
+        ),
+        (["schedule.first_stage_tasks=[capitalization]"], "only for stages: anti_curriculum"),
+        (["schedule.stages=[[capitalization], []]"], r"schedule\.stages\[1\]: a stage needs"),
+        (["schedule.stages=[[capitalization, nope]]"], r"schedule\.stages\[0\]: \['nope'\]"),
+        (
+            ["schedule.stages=[[capitalization, capitalization]]"],
+            r"schedule\.stages\[0\]: a task is listed twice",
+        ),
+        (
+            ["schedule.stages=[[capitalization], [knowledge_masking]]"],
+            r"tasks \['sentence_reordering'\] are in no stage",
+        ),
+        (
+            ["schedule.stages=pairwise", "tasks.capitalization.first_stage=2"],
+            r"tasks\.capitalization\.first_stage: schedule\.stages sets the stages",
+        ),
+    ],
+)
+def test_curriculum_errors_name_the_key(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(PretrainConfig, None, ["data.corpus=c", THREE_TASKS, *overrides])
+
+
 def test_float_keys_accept_exponents_without_a_dot(tmp_path):
     from ernie_style.config import load_config
     from ernie_style.pretrain.config import PretrainConfig

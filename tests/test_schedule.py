@@ -4,8 +4,12 @@ import pytest
 from ernie_style.pretrain.schedule import (
     ContinualSchedule,
     StageLR,
+    anti_curriculum_stages,
     auto_allocation,
     explicit_allocation,
+    growth_stages,
+    pairwise_stages,
+    set_allocation,
 )
 
 PAPER = {
@@ -137,3 +141,59 @@ def test_with_several_tasks_per_step_stages_are_counted_in_steps(k):
     resumed = ContinualSchedule(plan, seed=4, tasks_per_step=k)
     resumed.load_state_dict(schedule.state_dict())
     assert resumed.total_steps == schedule.total_steps
+
+
+# ---- curricula ------------------------------------------------------------------------------
+def test_pairwise_stages_are_each_task_then_every_pair_then_all():
+    assert pairwise_stages(["a", "b", "c"]) == [
+        ["a"], ["b"], ["c"], ["a", "b"], ["b", "c"], ["a", "c"], ["a", "b", "c"],
+    ]  # fmt: skip
+    assert pairwise_stages(["a", "b"]) == [["a"], ["b"], ["a", "b"]]
+    assert pairwise_stages(["a"]) == [["a"]]
+    four = pairwise_stages(list("abcd"))
+    pairs = [frozenset(s) for s in four if len(s) == 2]
+    assert len(four) == 4 + 6 + 1 and len(set(pairs)) == len(pairs) == 6
+
+
+def test_growth_stages_give_erniess_automatic_allocation():
+    names = list(PAPER)
+    sets = growth_stages({n: i for i, n in enumerate(names)}, 4)
+    assert sets == [names[:1], names[:2], names[:3], names]
+    table = set_allocation(dict.fromkeys(names, 50_000), sets)
+    assert {n: [stage.get(n, 0) for stage in table] for n in names} == PAPER
+
+
+def test_set_allocation_spreads_like_auto_and_only_over_a_tasks_stages():
+    sets = pairwise_stages(["a", "b", "c"])  # S = 7 stages
+    stages = set_allocation({"a": 800, "b": 80, "c": 5}, sets)
+    for task, budget in {"a": 800, "b": 80, "c": 5}.items():
+        per_stage = [stage.get(task, 0) for stage in stages]
+        assert sum(per_stage) == budget
+        present = [s for s, tasks in enumerate(sets) if task in tasks]
+        assert all(per_stage[s] == 0 for s in range(7) if s not in present)
+        assert per_stage[present[0]] == max(per_stage)
+    a = [stage.get("a", 0) for stage in stages]
+    assert a == [800 - 3 * 100, 0, 0, 100, 0, 100, 100]  # 800 / (7 + 1) per later stage
+    with pytest.raises(ValueError, match="task 'z' is in no stage"):
+        set_allocation({"z": 3}, [["a"]])
+
+
+def test_anti_curriculum_trains_the_hardest_first_then_everything():
+    assert anti_curriculum_stages(["a", "b", "c"], ["c"]) == [["c"], ["a", "b", "c"]]
+    stages = set_allocation({"a": 30, "b": 30, "c": 90}, anti_curriculum_stages("abc", ["c"]))
+    assert stages == [{"c": 60}, {"a": 30, "b": 30, "c": 30}]
+    with pytest.raises(ValueError, match="names every task"):
+        anti_curriculum_stages(["a", "b"], ["a", "b"])
+    with pytest.raises(ValueError, match="must be among"):
+        anti_curriculum_stages(["a", "b"], ["x"])
+
+
+def test_plan_table_lists_many_stages_one_per_line():
+    # 11 stages: 120 / 12 = 10 per later stage; a is in 4 later ones (3 pairs and all).
+    plan = set_allocation(dict.fromkeys("abcd", 120), pairwise_stages("abcd"))
+    schedule = ContinualSchedule(plan)
+    lines = schedule.plan_table().splitlines()
+    assert len(lines) == 1 + 11 + 1
+    assert lines[1].split() == ["stage", "1", "80", "a", "(80)"]
+    assert lines[5].split() == ["stage", "5", "20", "a", "(10),", "b", "(10)"]
+    assert lines[-1].split()[:2] == ["total", str(schedule.total_steps)] == ["total", "480"]

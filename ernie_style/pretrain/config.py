@@ -10,7 +10,15 @@ from ernie_style.components import balancer_registry
 from ernie_style.config import option
 from ernie_style.defaults import MLM_TASK, Precision
 from ernie_style.pretrain.model import MODEL_PRESETS
-from ernie_style.pretrain.schedule import ContinualSchedule, auto_allocation, explicit_allocation
+from ernie_style.pretrain.schedule import (
+    CURRICULA,
+    ContinualSchedule,
+    anti_curriculum_stages,
+    auto_allocation,
+    explicit_allocation,
+    pairwise_stages,
+    set_allocation,
+)
 from ernie_style.train.optim import PretrainOptim
 
 
@@ -98,6 +106,60 @@ class ScheduleSection:
     tasks_per_step: int = option(2, "with mixed_batches: tasks sampled per step")
     mlm_every_step: bool = option(False, "add a knowledge-masking batch to every step")
     restart_warmup_each_stage: bool = option(True, "LR warm-up and decay restart at each stage")
+    stages: str | list[list[str]] | None = option(
+        None,
+        "curriculum: none = ERNIE's growth (each task joins at its first_stage and stays); "
+        "pairwise = each task alone, then every pair, then all; anti_curriculum = "
+        "first_stage_tasks alone, then all; or a list of task sets, one per stage. Budgets are "
+        "spread as for the growth schedule",
+    )
+    first_stage_tasks: list[str] | None = option(
+        None, "with stages: anti_curriculum, the hardest task(s), trained alone first"
+    )
+
+    def stage_sets(self, tasks: list[str]) -> list[list[str]] | None:
+        """The task set of every stage for `stages` (None: the growth schedule); errors name
+        the key."""
+        if self.first_stage_tasks is not None and self.stages != "anti_curriculum":
+            raise ValueError("schedule.first_stage_tasks is only for stages: anti_curriculum")
+        if self.stages is None:
+            return None
+        if isinstance(self.stages, str):
+            if self.stages == "pairwise":
+                return pairwise_stages(tasks)
+            if self.stages == "anti_curriculum":
+                if not self.first_stage_tasks:
+                    raise ValueError(
+                        "schedule.first_stage_tasks: name the task(s) that anti_curriculum "
+                        "trains first"
+                    )
+                try:
+                    return anti_curriculum_stages(tasks, self.first_stage_tasks)
+                except ValueError as error:
+                    raise ValueError(f"schedule.first_stage_tasks: {error}") from error
+            raise ValueError(
+                f"schedule.stages: unknown curriculum {self.stages!r}; choose one of "
+                f"{', '.join(CURRICULA)} or give a list of task sets"
+            )
+        return _checked_stage_sets(self.stages, tasks)
+
+
+def _checked_stage_sets(stages: list[list[str]], tasks: list[str]) -> list[list[str]]:
+    if not stages:
+        raise ValueError("schedule.stages: the list of task sets is empty")
+    for s, stage in enumerate(stages):
+        key = f"schedule.stages[{s}]"
+        if not stage:
+            raise ValueError(f"{key}: a stage needs at least one task")
+        unknown = [t for t in stage if t not in tasks]
+        if unknown:
+            raise ValueError(f"{key}: {unknown} not in tasks ({', '.join(tasks)})")
+        if len(set(stage)) != len(stage):
+            raise ValueError(f"{key}: a task is listed twice in {stage}")
+    missing = [t for t in tasks if not any(t in stage for stage in stages)]
+    if missing:
+        raise ValueError(f"schedule.stages: tasks {missing} are in no stage (their budget unused)")
+    return [list(stage) for stage in stages]
 
 
 @dataclass
@@ -161,6 +223,14 @@ class PretrainConfig:
             valid = ", ".join(balancer_registry.names())
             raise ValueError(f"balancing: unknown strategy {self.balancing!r}; valid: {valid}")
         self.balancing_config()
+        if self.schedule.stages is not None:
+            for name, section in self.tasks.items():
+                for key in ("first_stage", "allocation"):
+                    if getattr(section, key) is not None:
+                        raise ValueError(
+                            f"tasks.{name}.{key}: schedule.stages sets the stages; drop one"
+                        )
+        self.schedule.stage_sets(list(self.tasks))
         if self.schedule.mlm_every_step and MLM_TASK not in self.tasks:
             raise ValueError(f"schedule.mlm_every_step needs {MLM_TASK} in tasks")
 
@@ -178,9 +248,12 @@ class PretrainConfig:
                 missing = sorted(set(self.tasks) - set(explicit))
                 raise ValueError(f"tasks {missing}: give an allocation to every task or to none")
             return ContinualSchedule(explicit_allocation(explicit), self.seed, per_step)
+        budgets = {name: s.budget for name, s in self.tasks.items()}
+        sets = self.schedule.stage_sets(list(self.tasks))
+        if sets is not None:
+            return ContinualSchedule(set_allocation(budgets, sets), self.seed, per_step)
         first = {}
         for order, (name, section) in enumerate(self.tasks.items()):
             first[name] = (section.first_stage - 1) if section.first_stage else order
         num_stages = max(first.values()) + 1
-        budgets = {name: s.budget for name, s in self.tasks.items()}
         return ContinualSchedule(auto_allocation(budgets, first, num_stages), self.seed, per_step)

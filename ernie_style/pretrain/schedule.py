@@ -9,6 +9,12 @@ the rest in its first stage, so it trains most when it is new. For the paper's 4
     token-document relation   0   0  40k 10k
     sentence reordering       0   0   0  50k
 
+Other curricula give each stage a task set (`stage_sets`) and spread budgets by the same rule
+(`set_allocation`): a task with budget N gets N/(S+1) in every later stage it is part of and the
+rest in its first. `pairwise_stages` is ERNIE 2.0's alternative, each task alone, then every pair,
+then all together: (A)(B)(C) -> (A,B)(B,C)(A,C) -> (A,B,C); `anti_curriculum_stages` is decaNLP's
+anti-curriculum, the hardest task(s) alone, then all.
+
 Within a stage every step samples a task in proportion to its remaining budget in that stage,
 with an RNG seeded by (seed, step): sampling needs no RNG state and replays exactly on resume.
 
@@ -27,25 +33,70 @@ import numpy as np
 
 from ernie_style.train.lr import lr_factor
 
+#: Named curricula for `schedule.stages` (besides an explicit list of task sets).
+CURRICULA = ("pairwise", "anti_curriculum")
+
+
+def growth_stages(first_stage: Mapping[str, int], num_stages: int) -> list[list[str]]:
+    """ERNIE 2.0's continual growth: a task joins in its first stage (0-based) and stays."""
+    for task, first in first_stage.items():
+        if not 0 <= first < num_stages:
+            raise ValueError(f"task {task!r}: first stage {first} outside 0..{num_stages - 1}")
+    return [[t for t, first in first_stage.items() if first <= s] for s in range(num_stages)]
+
+
+def pairwise_stages(tasks: Sequence[str]) -> list[list[str]]:
+    """Each task alone, then every pair (adjacent tasks first, then those further apart),
+    then all together: A, B, C -> (A)(B)(C) (A,B)(B,C)(A,C) (A,B,C). One task gives one stage;
+    two tasks give (A)(B)(A,B)."""
+    tasks = list(tasks)
+    alone = [[t] for t in tasks]
+    pairs = [
+        [tasks[i], tasks[i + gap]] for gap in range(1, len(tasks)) for i in range(len(tasks) - gap)
+    ]
+    together = [tasks] if len(tasks) > 2 else []
+    return alone + pairs + together
+
+
+def anti_curriculum_stages(tasks: Sequence[str], first: Sequence[str]) -> list[list[str]]:
+    """The anti-curriculum of decaNLP: the hardest tasks `first` alone, then every task."""
+    unknown = [t for t in first if t not in tasks]
+    if not first or unknown:
+        raise ValueError(f"anti_curriculum: first-stage tasks {list(first)} must be among {tasks}")
+    if set(first) == set(tasks):
+        raise ValueError("anti_curriculum: the first stage names every task (nothing joins later)")
+    return [[t for t in tasks if t in first], list(tasks)]
+
+
+def set_allocation(
+    budgets: Mapping[str, int], stage_sets: Sequence[Sequence[str]]
+) -> list[dict[str, int]]:
+    """Per-stage iterations for stages with the given task sets: a task with budget N in S
+    stages gets N/(S+1) in each later stage it is part of (rounded, and never more than its
+    first stage keeps) and the rest in its first stage. With `growth_stages` this is ERNIE's
+    automatic allocation."""
+    num_stages = len(stage_sets)
+    stages: list[dict[str, int]] = [{} for _ in range(num_stages)]
+    for task, budget in budgets.items():
+        present = [s for s, tasks in enumerate(stage_sets) if task in tasks]
+        if not present:
+            raise ValueError(f"task {task!r} is in no stage")
+        later = len(present) - 1
+        # A tiny budget over many stages would leave the first stage a negative share: each
+        # later stage gets at most what the first keeps (budget // (later + 1)).
+        share = min(round(budget / (num_stages + 1)), budget // (later + 1))
+        stages[present[0]][task] = budget - share * later
+        for stage in present[1:]:
+            stages[stage][task] = share
+    return stages
+
 
 def auto_allocation(
     budgets: Mapping[str, int], first_stage: Mapping[str, int], num_stages: int
 ) -> list[dict[str, int]]:
     """Per-stage iterations: a task introduced in stage i (0-based) gets N/(S+1) in each later
     stage (rounded, and never more than the first stage keeps) and the rest in stage i."""
-    stages: list[dict[str, int]] = [{} for _ in range(num_stages)]
-    for task, budget in budgets.items():
-        first = first_stage[task]
-        if not 0 <= first < num_stages:
-            raise ValueError(f"task {task!r}: first stage {first} outside 0..{num_stages - 1}")
-        later = num_stages - 1 - first
-        # A tiny budget over many stages would leave the first stage a negative share: each
-        # later stage gets at most what the first keeps (budget // (later + 1)).
-        share = min(round(budget / (num_stages + 1)), budget // (later + 1))
-        stages[first][task] = budget - share * later
-        for stage in range(first + 1, num_stages):
-            stages[stage][task] = share
-    return stages
+    return set_allocation(budgets, growth_stages(first_stage, num_stages))
 
 
 def explicit_allocation(allocations: Mapping[str, Sequence[int]]) -> list[dict[str, int]]:
@@ -129,8 +180,11 @@ class ContinualSchedule:
         last = min(self.stage, len(self.stages) - 1)
         return [t for t in self.tasks if any(t in self.stages[s] for s in range(last + 1))]
 
-    def plan_table(self) -> str:
-        """Stage x task -> iterations, as an aligned text table."""
+    def plan_table(self, max_columns: int = 8) -> str:
+        """Task x stage -> iterations, as an aligned text table; with more than `max_columns`
+        stages (a pairwise curriculum has n + n(n-1)/2 + 1), one line per stage instead."""
+        if len(self.stages) > max_columns:
+            return self._stage_lines()
         tasks = self.tasks
         width = max(len(t) for t in [*tasks, "task"])
         header = f"{'task':<{width}}" + "".join(
@@ -144,6 +198,16 @@ class ContinualSchedule:
         lines.append(
             f"{'steps':<{width}}" + "".join(f"{n:>10}" for n in totals) + f"{sum(totals):>10}"
         )
+        return "\n".join(lines)
+
+    def _stage_lines(self) -> str:
+        lines = [f"{'':<9}{'steps':>10}  tasks (iterations)"]
+        for s, stage in enumerate(self.stages):
+            tasks = ", ".join(f"{t} ({n})" for t, n in stage.items() if n)
+            lines.append(f"{f'stage {s + 1}':<9}{self.stage_length(s):>10}  {tasks}")
+        totals = {t: sum(stage.get(t, 0) for stage in self.stages) for t in self.tasks}
+        summary = ", ".join(f"{t} ({n})" for t, n in totals.items())
+        lines.append(f"{'total':<9}{self.total_steps:>10}  {summary}")
         return "\n".join(lines)
 
     # ---- consumption --------------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 
+import pytest
 import torch
 
 from ernie_style.testing.pretrain import child_env, pretrain_cmd, step_losses, write_config
@@ -117,3 +118,28 @@ def test_gradnorm_balances_mixed_batches(small_corpus, tmp_path):
     weights = balancer.weights()
     assert abs(sum(weights.values()) - 3.0) < 1e-4
     assert len({round(w, 4) for w in weights.values()}) > 1  # GradNorm moved them apart
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"stages": "pairwise"},
+        {"stages": "anti_curriculum", "first_stage_tasks": ["sentence_distance"]},
+    ],
+    ids=["pairwise", "anti_curriculum"],
+)
+def test_curricula_train_each_stage_on_its_task_set(small_corpus, tmp_path, schedule):
+    from ernie_style.config import load_config
+    from ernie_style.pretrain.config import PretrainConfig
+
+    config = write_config(tmp_path / "c.yaml", small_corpus, tmp_path / "run", schedule=schedule)
+    plan = load_config(PretrainConfig, config).build_schedule()
+    run(pretrain_cmd(config))
+    trained: dict[int, set[str]] = {}
+    for step, task in step_losses(tmp_path / "run"):
+        stage = max(s for s in range(len(plan.stages)) if plan.stage_start(s) <= step)
+        trained.setdefault(stage, set()).add(task)
+    planned = {s: {t for t, n in stage.items() if n} for s, stage in enumerate(plan.stages)}
+    assert trained == planned
+    assert len(planned) == (7 if schedule["stages"] == "pairwise" else 2)
+    assert planned[0] == ({"knowledge_masking"} if len(planned) == 7 else {"sentence_distance"})
