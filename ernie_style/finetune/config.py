@@ -103,6 +103,11 @@ class FinetuneTask:
     loss_weight: float = option(1.0, "task loss weight (used by balancing: fixed)")
     batch_size: int | None = option(None, "examples per batch (default: top-level batch_size)")
     task_id: int | None = option(None, "row of the encoder's task-embedding table")
+    head_layer: int | None = option(
+        None,
+        "selective supervision: the encoder layer the head reads (0 = the embeddings, "
+        "1..L; default: the top layer L); layers above it get no gradient from this task",
+    )
     query_field: str | None = option(None, "ranking: the query field")
     candidates_field: str | None = option(None, "ranking: the list-of-candidate-texts field")
     silver_source: str | None = option(None, "silver labels: the task whose texts are tagged")
@@ -142,6 +147,8 @@ class FinetuneTask:
             raise ValueError(f"{key}.batch_size must be > 0, got {self.batch_size}")
         if self.task_id is not None and self.task_id < 0:
             raise ValueError(f"{key}.task_id must be >= 0, got {self.task_id}")
+        if self.head_layer is not None and self.head_layer < 0:
+            raise ValueError(f"{key}.head_layer must be >= 0, got {self.head_layer}")
 
     def _validate_labels(self, key: str, names: list[str]) -> None:
         needs_labels = self.type in ("classification", "pair_classification")

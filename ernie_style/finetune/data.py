@@ -127,6 +127,8 @@ class EncodedTask:
     collator: Collator
     task_id: int | None = None
     locations: dict[str, list[str]] = field(default_factory=dict)
+    #: Encoder layer the head reads (None: the top), `FinetuneTask.head_layer`.
+    head_layer: int | None = None
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -340,5 +342,6 @@ def _encode_task(
         stats=counters,
         collator=Collator(task.type, pad_id),
         task_id=task.task_id,
+        head_layer=task.head_layer,
         locations={split: [e.where for e in raw[split]] for split in splits},
     )

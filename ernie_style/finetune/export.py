@@ -7,13 +7,15 @@ regression, ranking: one score per query-candidate pair) or `AutoModelForTokenCl
 
 A task trained with a task id other than 0 gets that task-embedding row copied into row 0 of its
 export, so the stock model (which defaults `task_type_ids` to zeros) gives the fine-tuned
-logits without extra inputs. Only `hard` sharing can be exported: MMoE/PLE layers have no stock
-counterpart.
+logits without extra inputs. A task whose head reads layer n < L (`head_layer`) is exported with
+n layers: the layers above never reach its head, so the stock model computes the same logits.
+Only `hard` sharing can be exported: MMoE/PLE layers have no stock counterpart.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from ernie_style.finetune.model import MultiTaskModel
 from ernie_style.untrusted import refuse_pickle_weights, refuse_remote_code
 
 TASK_FILE = "ernie_style_task.json"
+_LAYER_KEY = re.compile(r"^encoder\.layer\.(\d+)\.")
 
 
 def export_task(
@@ -46,6 +49,9 @@ def export_task(
     head = model.heads[task.name]
     spec = transformers_export_spec(head)
     config = AutoConfig.for_model(**model.encoder.config.to_dict())
+    head_layer = model.head_layers.get(task.name)
+    if head_layer is not None:
+        config.num_hidden_layers = head_layer  # the layers above it never reach this head
     config.num_labels = spec.num_labels
     config.problem_type = spec.problem_type
     config.architectures = [spec.architecture]
@@ -62,6 +68,10 @@ def export_task(
         encoder_state[key][0] = encoder_state[key][task_id]
     if token_level:
         encoder_state = {k: v for k, v in encoder_state.items() if not k.startswith("pooler.")}
+    if head_layer is not None:
+        encoder_state = {
+            k: v for k, v in encoder_state.items() if _layer_index(k) in (None, *range(head_layer))
+        }
     stock.base_model.load_state_dict(encoder_state, strict=True)
     stock.classifier.load_state_dict(
         {k.removeprefix("classifier."): v for k, v in transformers_head_state(head).items()}
@@ -73,6 +83,7 @@ def export_task(
         "metrics": metrics,
         "architecture": spec.architecture,
         "trained_task_id": task_id,
+        "head_layer": head_layer,
         "precision": precision or {},
     }
     with atomic_dir(output) as tmp:  # the previous export stays until this one is complete
@@ -80,6 +91,12 @@ def export_task(
         tokenizer.save_pretrained(str(tmp))
         (tmp / TASK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return output
+
+
+def _layer_index(key: str) -> int | None:
+    """The transformer layer a `encoder.layer.N.` state-dict key belongs to (None: no layer)."""
+    match = _LAYER_KEY.match(key)
+    return int(match.group(1)) if match else None
 
 
 def load_exported(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -126,6 +126,7 @@ def task_shells(
             stats={},
             collator=Collator(task.type, pad_id),
             task_id=task.task_id,
+            head_layer=task.head_layer,
         )
         for task in config.tasks
     }

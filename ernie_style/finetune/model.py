@@ -1,5 +1,6 @@
 """The multi-task fine-tuning model: one shared encoder, an optional sharing layer (MMoE / PLE),
-one head per task (MT-DNN).
+one head per task (MT-DNN). A task's head reads the top layer, or the layer its `head_layer`
+names (selective supervision, Søgaard & Goldberg 2016: low-level tasks supervise low layers).
 
 `forward(batch)` takes one task's batch (`task` names it) or a list of them and returns
 `TaskResult`s (task, loss, logits), the contract `ernie_style.train.step.StepRunner` trains with.
@@ -79,6 +80,7 @@ class MultiTaskModel(nn.Module):
         heads: Mapping[str, FinetuneHead],
         sharing: SharingLayer,
         task_ids: Mapping[str, int] | None = None,
+        head_layers: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -86,6 +88,8 @@ class MultiTaskModel(nn.Module):
         self.heads = nn.ModuleDict(dict(heads))
         #: Task-embedding row per task, or None when the encoder has no task embeddings.
         self.task_ids = dict(task_ids) if task_ids is not None else None
+        #: Tasks whose head reads a layer below the top (selective supervision): that layer.
+        self.head_layers = dict(head_layers or {})
 
     def forward(
         self, batch: Mapping[str, Any] | list[Mapping[str, Any]]
@@ -104,17 +108,30 @@ class MultiTaskModel(nn.Module):
             inputs["task_type_ids"] = torch.full_like(inputs["input_ids"], task_id)
         return inputs
 
+    def encode(
+        self, task: str, batch: Mapping[str, Any], pooled: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The hidden states [B, T, H] the task's head reads (its `head_layer`, else the top
+        layer) and, when `pooled`, the pooler applied to them ([B, H])."""
+        layer = self.head_layers.get(task)
+        inputs = self.encoder_inputs(batch)
+        if layer is None:
+            out = self.encoder(**inputs)
+            return out.last_hidden_state, out.pooler_output if pooled else None
+        # Selective supervision: the layers above `layer` still run (a stock forward) but
+        # take no part in this task's loss, so they get no gradient from it.
+        hidden = self.encoder(**inputs, output_hidden_states=True).hidden_states[layer]
+        return hidden, self.encoder.pooler(hidden) if pooled else None
+
     def _forward_one(self, batch: Mapping[str, Any]) -> TaskResult:
         name = batch["task"]
         if name not in self.heads:
             raise KeyError(f"batch task {name!r} has no head; tasks: {list(self.heads)}")
         head = self.heads[name]
-        out = self.encoder(**self.encoder_inputs(batch))
         reads_sequence = head.reads == "sequence"
+        hidden, pooled = self.encode(name, batch, pooled=not reads_sequence)
         sequence_output, pooled_output = self.sharing(
-            name,
-            out.last_hidden_state if reads_sequence else None,
-            None if reads_sequence else out.pooler_output,
+            name, hidden if reads_sequence else None, pooled
         )
         extras = {k: v for k, v in batch.items() if k not in (*ENCODER_INPUTS, "labels", "task")}
         result = head(sequence_output, pooled_output, batch.get("labels"), **extras)
@@ -141,6 +158,15 @@ def build_model(
         for name, task in tasks.items()
     }
     layer = build_sharing(sharing, hidden, list(tasks), **dict(sharing_options))
+    num_layers = int(encoder.config.num_hidden_layers)
+    head_layers = {}
+    for name, task in tasks.items():
+        if task.head_layer is not None and task.head_layer > num_layers:
+            raise ValueError(
+                f"task {name}: head_layer {task.head_layer} > the encoder's {num_layers} layers"
+            )
+        if task.head_layer is not None and task.head_layer < num_layers:
+            head_layers[name] = task.head_layer
     task_ids = None
     if use_task_id:
         rows = int(getattr(encoder.config, "task_type_vocab_size", 0))
@@ -153,7 +179,7 @@ def build_model(
             if task_id >= rows:
                 raise ValueError(f"task {name}: task_id {task_id} >= the encoder's {rows} rows")
             task_ids[name] = task_id
-    return MultiTaskModel(encoder, heads, layer, task_ids)
+    return MultiTaskModel(encoder, heads, layer, task_ids, head_layers)
 
 
 def load_finetune_tokenizer(config: FinetuneConfig) -> Any:
