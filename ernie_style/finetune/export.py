@@ -9,7 +9,8 @@ A task trained with a task id other than 0 gets that task-embedding row copied i
 export, so the stock model (which defaults `task_type_ids` to zeros) gives the fine-tuned
 logits without extra inputs. A task whose head reads layer n < L (`head_layer`) is exported with
 n layers: the layers above never reach its head, so the stock model computes the same logits.
-Only `hard` sharing can be exported: MMoE/PLE layers have no stock counterpart.
+`hard` and `soft` sharing can be exported (a `soft` task's tower is folded back in as the top
+layers and pooler); the mixtures and cross-stitch units have no stock counterpart.
 """
 
 from __future__ import annotations
@@ -61,7 +62,12 @@ def export_task(
     token_level = spec.architecture.endswith("TokenClassification")
     auto = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
     stock = auto.from_config(config, trust_remote_code=False)
+    if not model.sharing.exportable:
+        raise ValueError(
+            f"sharing={model.sharing.kind}: a task's path has no stock transformers counterpart"
+        )
     encoder_state = {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}
+    encoder_state |= {k: v.detach().clone() for k, v in model.sharing.fold_state(task.name).items()}
     task_id = (model.task_ids or {}).get(task.name, 0)
     key = "embeddings.task_type_embeddings.weight"
     if task_id and key in encoder_state:
@@ -84,6 +90,7 @@ def export_task(
         "architecture": spec.architecture,
         "trained_task_id": task_id,
         "head_layer": head_layer,
+        "encoder_layers": int(model.encoder.config.num_hidden_layers),
         "precision": precision or {},
     }
     with atomic_dir(output) as tmp:  # the previous export stays until this one is complete

@@ -11,6 +11,7 @@ more: the config is read without checking data paths (it was checked when the ru
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,11 @@ def _load_encoder_shell(config: FinetuneConfig, run_dir: Path, trust_remote_code
             encoder_config = AutoConfig.from_pretrained(
                 str(path), local_files_only=True, trust_remote_code=trust_remote_code
             )
+            task_file = path / "ernie_style_task.json"
+            if task_file.is_file():  # a `head_layer` export keeps fewer layers than the run
+                info = json.loads(task_file.read_text(encoding="utf-8"))
+                layers = info.get("encoder_layers", encoder_config.num_hidden_layers)
+                encoder_config.num_hidden_layers = layers
             return AutoModel.from_config(encoder_config, trust_remote_code=trust_remote_code)
     raise ValueError(
         f"--model {run_dir}: the encoder directory {config.encoder} is gone and the run has no "

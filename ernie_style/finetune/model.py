@@ -36,6 +36,9 @@ class TaskResult:
     task: str
     loss: torch.Tensor | None
     logits: torch.Tensor
+    #: A regularisation term of the whole model (the sharing layer's `penalty`, e.g. the soft
+    #: towers' L2 pull), set on the first result of a training forward; the step adds it once.
+    penalty: torch.Tensor | None = None
 
 
 def load_encoder(path: str | Path, trust_remote_code: bool = False) -> PreTrainedModel:
@@ -94,10 +97,14 @@ class MultiTaskModel(nn.Module):
     def forward(
         self, batch: Mapping[str, Any] | list[Mapping[str, Any]]
     ) -> TaskResult | list[TaskResult]:
-        """Loss and logits of each task batch; a list gives a list (one call, DDP-friendly)."""
-        if isinstance(batch, list):
-            return [self._forward_one(b) for b in batch]
-        return self._forward_one(batch)
+        """Loss and logits of each task batch; a list gives a list (one call, DDP-friendly).
+        In training mode the first result carries the sharing layer's `penalty`, if any."""
+        results = [self._forward_one(b) for b in batch] if isinstance(batch, list) else None
+        single = None if results is not None else self._forward_one(batch)
+        first = results[0] if results else single
+        if self.training and first is not None:
+            first.penalty = self.sharing.penalty()
+        return results if results is not None else single
 
     def encoder_inputs(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """The encoder's inputs for a task batch (ranking groups flattened, task ids added)."""
@@ -115,6 +122,10 @@ class MultiTaskModel(nn.Module):
         layer) and, when `pooled`, the pooler applied to them ([B, H])."""
         layer = self.head_layers.get(task)
         inputs = self.encoder_inputs(batch)
+        if self.sharing.takes_encoder_top:  # the encoder is the shared bottom; towers on top
+            hidden = self.encoder(**inputs).last_hidden_state
+            mask = inputs.get("attention_mask")
+            return self.sharing.encode_top(task, hidden, mask, pooled)
         if layer is None:
             out = self.encoder(**inputs)
             return out.last_hidden_state, out.pooler_output if pooled else None
@@ -160,6 +171,14 @@ def build_model(
     layer = build_sharing(sharing, hidden, list(tasks), **dict(sharing_options))
     num_layers = int(encoder.config.num_hidden_layers)
     head_layers = {}
+    if layer.takes_encoder_top:
+        selective = [name for name, task in tasks.items() if task.head_layer is not None]
+        if selective:
+            raise ValueError(
+                f"tasks {selective}: head_layer cannot be combined with sharing={sharing} "
+                "(its towers replace the top layers)"
+            )
+        layer.attach(encoder)
     for name, task in tasks.items():
         if task.head_layer is not None and task.head_layer > num_layers:
             raise ValueError(

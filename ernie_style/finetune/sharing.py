@@ -163,6 +163,10 @@ class SharingLayer(nn.Module):
 
     kind: str = ""
     Config: ClassVar[type] = NoOptions
+    #: Whether the kind replaces the encoder's top layers (`attach`, `encode_top`: towers).
+    takes_encoder_top: ClassVar[bool] = False
+    #: Whether a task's path folds into a stock `transformers` model (`fold_state`).
+    exportable: ClassVar[bool] = False
 
     def __init__(self, touch_unused: bool = True) -> None:
         super().__init__()
@@ -186,6 +190,31 @@ class SharingLayer(nn.Module):
     def unused_parameters(self, task: str) -> list[nn.Parameter]:
         """The parameters a forward pass for `task` does not use (other tasks' gates ...)."""
         return []
+
+    def task_keys(self, task: str) -> list[str]:
+        """State-dict keys (a trailing '.' marks a prefix) of the parts that belong to `task`
+        alone: a checkpoint written before `task` joined lacks exactly these."""
+        return [
+            name + "."
+            for name, module in self.named_modules()
+            if name.rsplit(".", 1)[-1] == task and isinstance(module, nn.Module)
+        ]
+
+    def tasks_added(self, new: Sequence[str]) -> None:
+        """Called after a checkpoint without the `new` tasks was loaded (resume with new
+        tasks): fix up whatever their fresh parameters need; nothing by default."""
+
+    def attach(self, encoder: nn.Module) -> None:
+        """Take over parts of `encoder` (tower kinds); nothing by default."""
+
+    def penalty(self) -> torch.Tensor | None:
+        """A regularisation term the training loss adds (None: none)."""
+        return None
+
+    def fold_state(self, task: str) -> dict[str, torch.Tensor]:
+        """Encoder state-dict entries that fold `task`'s path into a stock model (exportable
+        kinds); the identity kinds add nothing."""
+        return {}
 
     def _transform(self, task: str, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -212,6 +241,8 @@ class SharingLayer(nn.Module):
 @register_sharing("hard")
 class HardSharing(SharingLayer):
     """Hard parameter sharing: the identity, every head reads the encoder output."""
+
+    exportable = True
 
     @dataclass
     class Config:
@@ -541,6 +572,9 @@ class CGCSharing(PLESharing):
             touch_unused,
         )
 
+
+# The tower kinds (`soft`, `cross_stitch`) live in their own module and register on import.
+from ernie_style.finetune import towers as _towers  # noqa: E402, F401
 
 #: The built-in sharing kinds (`sharing_registry.names()` also lists ones registered later).
 SHARING_KINDS: tuple[str, ...] = sharing_registry.names()

@@ -197,10 +197,17 @@ class FinetuneTrainer(TrainEngine):
         if missing:
             raise ValueError(f"{checkpoint}: the checkpoint has tasks {missing} this config lacks")
         new = [t for t in self.tasks if t not in state["tasks"]]
-        return [f"heads.{t}." for t in new] + [f"sharing.{t}" for t in new]
+        sharing = self.raw_model.sharing
+        return [f"heads.{t}." for t in new] + [
+            f"sharing.{key}" for t in new for key in sharing.task_keys(t)
+        ]
 
     def restore_state(self, checkpoint: Path, state: dict[str, Any]) -> None:
-        """Sampler positions, history and best score."""
+        """Sampler positions, history and best score; the sharing layer fixes up the parts of
+        tasks new to this run."""
+        new = [t for t in self.tasks if t not in state["tasks"]]
+        if new:
+            self.raw_model.sharing.tasks_added(new)
         self.sampler.load_state_dict(state["sampler"])
         self.history = list(state["history"])
         self.best = dict(state["best"])
@@ -277,7 +284,7 @@ class FinetuneTrainer(TrainEngine):
         if self.accelerator.is_main_process:
             atomic_write(self.run_dir / "metrics.json", json.dumps(table, indent=2) + "\n")
             atomic_write(self.run_dir / "metrics.md", metrics_table(table))
-            if self.config.sharing == "hard":
+            if self.unwrapped.sharing.exportable:
                 for name, task in self.tasks.items():
                     metrics = self.config.task(name).metrics or []
                     output = self.run_dir / "tasks" / name
@@ -291,8 +298,9 @@ class FinetuneTrainer(TrainEngine):
                     )
             else:
                 self.print(
-                    f"sharing={self.config.sharing}: no stock transformers export (the mixture "
-                    "layers have no transformers counterpart); weights are in best/"
+                    f"sharing={self.config.sharing}: no stock transformers export (its layers "
+                    "have no transformers counterpart); the model is in best/ "
+                    "(ernie_style.finetune.loading.load_finetuned rebuilds it)"
                 )
             self.print(metrics_table(table))
         return table

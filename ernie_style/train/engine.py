@@ -89,10 +89,13 @@ def parameter_names(model: Any, balancer: LossBalancer | None = None) -> dict[An
 def load_weights(
     model: Any, weights: dict[str, torch.Tensor], allowed_missing: Sequence[str], source: Path
 ) -> None:
-    """Load `weights` into `model`; only keys starting with `allowed_missing` (the heads of tasks
-    new to this run) may be missing, none may be unexpected."""
+    """Load `weights` into `model`; only the `allowed_missing` keys (the parts of tasks new to
+    this run; an entry ending in '.' is a prefix, any other an exact key) may be missing, none
+    may be unexpected."""
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    bad_missing = [k for k in missing if not k.startswith(tuple(allowed_missing))]
+    prefixes = tuple(k for k in allowed_missing if k.endswith("."))
+    exact = {k for k in allowed_missing if not k.endswith(".")}
+    bad_missing = [k for k in missing if not (k.startswith(prefixes) or k in exact)]
     if bad_missing or unexpected:
         raise ValueError(
             f"{source}: weights do not fit this config (missing {bad_missing[:5]}, "

@@ -45,11 +45,15 @@ class StepRunner:
 
     def combine(self, outputs: list[Any]) -> torch.Tensor:
         """The scalar to backpropagate for one micro-batch's task outputs: their mean, or the
-        balancer's weighted total divided by the number of tasks."""
+        balancer's weighted total divided by the number of tasks, plus any model-level
+        `penalty` an output carries (a regulariser such as the soft towers' L2 pull)."""
+        penalties = [p for o in outputs if (p := getattr(o, "penalty", None)) is not None]
+        extra = sum(penalties) if penalties else 0.0
         if self.balancer is None:
-            return sum(o.loss for o in outputs) / len(outputs)
+            return sum(o.loss for o in outputs) / len(outputs) + extra
         losses = {o.task: o.loss for o in outputs}
-        return self.balancer(losses, shared_parameters=self.shared_parameters) / len(outputs)
+        weighted = self.balancer(losses, shared_parameters=self.shared_parameters)
+        return weighted / len(outputs) + extra
 
     def set_lr(self, lr: float) -> None:
         """Set the learning rate of every parameter group."""

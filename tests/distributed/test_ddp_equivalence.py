@@ -38,12 +38,25 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
     return result
 
 
+#: Attention key biases get no gradient in exact arithmetic (softmax is shift-invariant per
+#: query row: q.(k + b) adds the same q.b to every score of the row), so their updates are
+#: rounding noise that AdamW normalises to steps of ~lr; the soft towers' L2 pull feeds that
+#: noise back (measured: 5-6e-6 apart after 8 steps). They are compared within this bound.
+KEY_BIAS_ATOL = 1e-4
+#: The towers' L2 gradient 2 lambda (p_t - mean p) is a difference of nearly equal weights
+#: (towers start as copies): its float32 rounding is relative to the weights, not to the small
+#: difference, so the AdamW moments of tower weights agree to ~4e-5 of their largest magnitude
+#: (measured) instead of MOMENT_RTOL; the weights themselves still agree within WEIGHT_ATOL.
+TOWER_L2_MOMENT_RTOL = 2e-4
+
+
 def assert_same_weights(got: dict, want: dict) -> None:
-    """Same names, every tensor within WEIGHT_ATOL."""
+    """Same names, every tensor within WEIGHT_ATOL (attention key biases: KEY_BIAS_ATOL)."""
     assert set(got) == set(want)
     for name, tensor in want.items():
         diff = (got[name].float() - tensor.float()).abs().max().item()
-        assert diff <= WEIGHT_ATOL, f"{name}: max |diff| {diff:.3g}"
+        bound = KEY_BIAS_ATOL if name.endswith("attention.self.key.bias") else WEIGHT_ATOL
+        assert diff <= bound, f"{name}: max |diff| {diff:.3g}"
 
 
 def test_engine_two_ranks_update_like_one_process_on_the_global_batch(small_corpus, tmp_path):
@@ -95,10 +108,20 @@ def finetune_tasks(tmp_path: Path) -> list[dict]:
     return tasks
 
 
-def test_two_process_finetuning_equals_one_process(tmp_path):
+@pytest.mark.parametrize(
+    ("sharing", "options"),
+    [
+        ("hard", {}),
+        ("soft", {"tower_layers": 1, "tower_l2": 0.05}),
+        ("cross_stitch", {"tower_layers": 1}),
+    ],
+    ids=["hard", "soft", "cross_stitch"],
+)
+def test_two_process_finetuning_equals_one_process(tmp_path, sharing, options):
     """Fine-tuning shards each global batch as indices[rank::world], so 1 and 2 processes
     train on the same global batches: losses and final weights must agree end to end
-    (fp32, no dropout, uncertainty balancing whose log-variances are averaged over ranks)."""
+    (fp32, no dropout, uncertainty balancing whose log-variances are averaged over ranks).
+    Tower kinds too: unused towers, the L2 pull added once per step, cross-stitch units."""
     encoder = make_encoder_dir(
         tmp_path / "encoder",
         hidden_size=32,
@@ -117,12 +140,15 @@ def test_two_process_finetuning_equals_one_process(tmp_path):
             epochs=1,
             batch_size=16,
             balancing="uncertainty",
+            sharing=sharing,
+            sharing_options=options,
         )
         cmd = ["-m", "ernie_style", "finetune", "--config", str(config)]
         if world == 2:
             launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
             launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-            launch += ["--dynamo_backend", "no", "--main_process_port", "29547"]
+            port = {"hard": 29547, "soft": 29548, "cross_stitch": 29549}[sharing]
+            launch += ["--dynamo_backend", "no", "--main_process_port", str(port)]
             run([*launch, *cmd])
         else:
             run([sys.executable, *cmd])
@@ -141,20 +167,24 @@ def test_two_process_finetuning_equals_one_process(tmp_path):
     for name in ("balancer.pt", "optimizer.pt"):
         want = torch.load(final[1] / name, weights_only=True)
         got = torch.load(final[2] / name, weights_only=True)
-        assert_close_nested(got, want, name)
+        assert_close_nested(
+            got, want, name, rtol=TOWER_L2_MOMENT_RTOL if "tower_l2" in options else MOMENT_RTOL
+        )
 
 
-def assert_close_nested(got: object, want: object, path: str) -> None:
-    """Nested dicts of tensors: float tensors within MOMENT_RTOL of their largest magnitude
+def assert_close_nested(got: object, want: object, path: str, rtol: float = MOMENT_RTOL) -> None:
+    """Nested dicts of tensors: float tensors within `rtol` of their largest magnitude
     (plus 1e-12 for moments that are zero but for rounding, e.g. attention key biases), other
     values equal."""
     if isinstance(want, dict):
         assert isinstance(got, dict) and set(got) == set(want), path
         for key in want:
-            assert_close_nested(got[key], want[key], f"{path}/{key}")
+            assert_close_nested(got[key], want[key], f"{path}/{key}", rtol)
     elif isinstance(want, torch.Tensor) and want.is_floating_point():
+        if rtol == TOWER_L2_MOMENT_RTOL and "attention.self.key.bias" in path:
+            return  # noise under the L2 pull (see KEY_BIAS_ATOL); the weights are compared
         diff = (got - want).abs().max().item() if want.numel() else 0.0
-        bound = MOMENT_RTOL * (want.abs().max().item() if want.numel() else 0.0) + 1e-12
+        bound = rtol * (want.abs().max().item() if want.numel() else 0.0) + 1e-12
         assert diff <= bound, f"{path}: max |diff| {diff:.3g} > {bound:.3g}"
     elif isinstance(want, torch.Tensor):
         assert torch.equal(got, want), path

@@ -14,7 +14,12 @@ from ernie_style.testing.finetune import ROOT, make_encoder_dir
 
 CONFIGS = sorted((ROOT / "configs" / "finetune").glob("*.yaml"))
 #: One example per method of docs/multitask_methods.md (file-name fragment -> what it shows).
-METHODS = {"multilevel_mmoe": "mmoe", "selective": "hard"}
+METHODS = {
+    "multilevel_mmoe": "mmoe",
+    "selective": "hard",
+    "soft_sharing": "soft",
+    "cross_stitch": "cross_stitch",
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +48,5 @@ def test_each_method_has_an_example_that_runs(fragment, encoder_dir, tmp_path, m
     table = FinetuneTrainer(config).train()
     assert set(table) == {t.name for t in config.tasks}
     assert (tmp_path / "run" / "metrics.json").is_file()
+    exported = (tmp_path / "run" / "tasks").is_dir()
+    assert exported == (fragment in ("selective", "soft_sharing"))

@@ -270,8 +270,8 @@ TYPES = "classification, pair_classification, regression, ranking, token_classif
         ),
         (
             "sharing",
-            "soft",
-            "sharing: unknown value 'soft'; choose one of " + ", ".join(SHARING_STRATEGIES),
+            "sluice",
+            "sharing: unknown value 'sluice'; choose one of " + ", ".join(SHARING_STRATEGIES),
         ),
         ("temperature", 0, "temperature must be > 0"),
         ("precision", "fp8", "config key 'precision' must be one of"),
@@ -401,7 +401,18 @@ def test_names_come_from_the_registries():
     from ernie_style.finetune.heads import TASK_TYPES as HEAD_TASK_TYPES
 
     assert balancer_registry.names() == BALANCING_STRATEGIES
-    assert SHARING_STRATEGIES == sharing_registry.names() == ("hard", "mmoe", "ple", "cgc")
+    assert (
+        SHARING_STRATEGIES
+        == sharing_registry.names()
+        == (
+            "hard",
+            "mmoe",
+            "ple",
+            "cgc",
+            "soft",
+            "cross_stitch",
+        )
+    )
     assert HEAD_TASK_TYPES is TASK_TYPES and tuple(HEAD_TYPES) == TASK_TYPES
     with pytest.raises(AttributeError, match="NO_SUCH_NAME"):
         config_module.NO_SUCH_NAME  # noqa: B018

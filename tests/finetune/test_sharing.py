@@ -27,7 +27,7 @@ TASKS = ["a", "b", "c"]
 
 def layer(kind: str, tasks=TASKS, seed: int = 0, **options):
     torch.manual_seed(seed)
-    if kind != "hard":
+    if "dropout" in {f.name for f in dataclasses.fields(sharing_registry.get(kind).Config)}:
         options.setdefault("dropout", 0.0)
     return build_sharing(kind, H, tasks, **options)
 
@@ -374,6 +374,8 @@ DOCUMENTED = {
         "residual": False,
         "touch_unused": False,
     },
+    "soft": {"tower_layers": 2, "tower_l2": 0.01},
+    "cross_stitch": {"tower_layers": 1, "self_weight": 0.8},
     "cgc": {
         "shared_experts": 3,
         "task_experts": 1,
