@@ -103,6 +103,11 @@ class FinetuneTask:
     loss_weight: float = option(1.0, "task loss weight (used by balancing: fixed)")
     batch_size: int | None = option(None, "examples per batch (default: top-level batch_size)")
     task_id: int | None = option(None, "row of the encoder's task-embedding table")
+    reads_from: list[str] = option(
+        [],
+        "asymmetric sharing: tasks whose predicted class probabilities this task's head also "
+        "reads (detached: no gradient flows back; no cycles)",
+    )
     head_layer: int | None = option(
         None,
         "selective supervision: the encoder layer the head reads (0 = the embeddings, "
@@ -366,6 +371,8 @@ class FinetuneConfig:
                         "name a task with its own data"
                     )
 
+        _check_reads_from(self.tasks)
+
     def balancing_config(self) -> Any:
         """`balancing_options` as the balancing strategy's typed `Config` (errors name the
         dotted key, e.g. `balancing_options.temprature`)."""
@@ -404,6 +411,47 @@ class FinetuneConfig:
         if self.use_task_id is not None:
             return self.use_task_id
         return bool(self.encoder_config().get("use_task_id", False))
+
+
+#: Task types whose predictions another task can read (they have class probabilities).
+READABLE_TYPES = ("classification", "pair_classification", "token_classification")
+
+
+def _check_reads_from(tasks: list[FinetuneTask]) -> None:
+    """`reads_from`: known, readable, level-compatible sources and no cycle."""
+    by_name = {task.name: task for task in tasks}
+    for i, task in enumerate(tasks):
+        key = f"tasks[{i}].reads_from"
+        for source in task.reads_from:
+            if source == task.name or source not in by_name:
+                raise ValueError(f"{key}: {source!r} is not another task of this config")
+            kind = by_name[source].type
+            if kind not in READABLE_TYPES:
+                raise ValueError(
+                    f"{key}: {source!r} is a {kind} task; readable types: "
+                    f"{', '.join(READABLE_TYPES)}"
+                )
+            if kind == "token_classification" and task.type != "token_classification":
+                raise ValueError(
+                    f"{key}: {source!r} predicts per token; a {task.type} task cannot read it"
+                )
+        if task.reads_from and task.type == "ranking":
+            raise ValueError(f"{key}: a ranking task cannot read other tasks' predictions")
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 1:
+            cycle = " -> ".join([*path[path.index(name) :], name])
+            raise ValueError(f"reads_from: the tasks read each other in a cycle: {cycle}")
+        if state.get(name) == 2:
+            return
+        state[name] = 1
+        for source in by_name[name].reads_from:
+            visit(source, [*path, name])
+        state[name] = 2
+
+    for task in tasks:
+        visit(task.name, [])
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -129,6 +129,8 @@ class EncodedTask:
     locations: dict[str, list[str]] = field(default_factory=dict)
     #: Encoder layer the head reads (None: the top), `FinetuneTask.head_layer`.
     head_layer: int | None = None
+    #: Tasks whose predictions the head also reads, `FinetuneTask.reads_from`.
+    reads_from: list[str] = field(default_factory=list)
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -343,5 +345,6 @@ def _encode_task(
         collator=Collator(task.type, pad_id),
         task_id=task.task_id,
         head_layer=task.head_layer,
+        reads_from=list(task.reads_from),
         locations={split: [e.where for e in raw[split]] for split in splits},
     )

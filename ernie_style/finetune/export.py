@@ -62,6 +62,8 @@ def export_task(
     token_level = spec.architecture.endswith("TokenClassification")
     auto = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
     stock = auto.from_config(config, trust_remote_code=False)
+    if task.name in model.reads_from:
+        raise ValueError(f"task {task.name}: its head reads other tasks' predictions")
     if not model.sharing.exportable:
         raise ValueError(
             f"sharing={model.sharing.kind}: a task's path has no stock transformers counterpart"

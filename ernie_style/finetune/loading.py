@@ -133,6 +133,7 @@ def task_shells(
             collator=Collator(task.type, pad_id),
             task_id=task.task_id,
             head_layer=task.head_layer,
+            reads_from=list(task.reads_from),
         )
         for task in config.tasks
     }

@@ -1,6 +1,8 @@
 """The multi-task fine-tuning model: one shared encoder, an optional sharing layer (MMoE / PLE),
 one head per task (MT-DNN). A task's head reads the top layer, or the layer its `head_layer`
-names (selective supervision, Søgaard & Goldberg 2016: low-level tasks supervise low layers).
+names (selective supervision, Søgaard & Goldberg 2016: low-level tasks supervise low layers),
+plus, with `reads_from`, other tasks' predicted class probabilities (asymmetric sharing: NER
+reads the POS head's softmax; detached, so no gradient flows back into the sources).
 
 `forward(batch)` takes one task's batch (`task` names it) or a list of them and returns
 `TaskResult`s (task, loss, logits), the contract `ernie_style.train.step.StepRunner` trains with.
@@ -84,6 +86,7 @@ class MultiTaskModel(nn.Module):
         sharing: SharingLayer,
         task_ids: Mapping[str, int] | None = None,
         head_layers: Mapping[str, int] | None = None,
+        reads_from: Mapping[str, list[str]] | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -93,6 +96,8 @@ class MultiTaskModel(nn.Module):
         self.task_ids = dict(task_ids) if task_ids is not None else None
         #: Tasks whose head reads a layer below the top (selective supervision): that layer.
         self.head_layers = dict(head_layers or {})
+        #: Tasks whose head also reads other tasks' predictions (asymmetric sharing).
+        self.reads_from = {t: list(s) for t, s in (reads_from or {}).items() if s}
 
     def forward(
         self, batch: Mapping[str, Any] | list[Mapping[str, Any]]
@@ -118,34 +123,76 @@ class MultiTaskModel(nn.Module):
     def encode(
         self, task: str, batch: Mapping[str, Any], pooled: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The hidden states [B, T, H] the task's head reads (its `head_layer`, else the top
-        layer) and, when `pooled`, the pooler applied to them ([B, H])."""
-        layer = self.head_layers.get(task)
-        inputs = self.encoder_inputs(batch)
+        """The hidden states [B, T, H] the task's head reads (its tower, its `head_layer`, else
+        the top layer) and, when `pooled`, the pooled vector ([B, H])."""
+        out, mask = self._encoder_output(task, batch, {})
+        return self._view(task, out, mask, pooled)
+
+    def _encoder_output(
+        self, task: str, batch: Mapping[str, Any], cache: dict[Any, Any]
+    ) -> tuple[Any, torch.Tensor | None]:
+        """The encoder's output for `batch` as `task` sees it (its task-embedding row), run
+        once per row within a forward pass (`cache`)."""
+        key = None if self.task_ids is None else self.task_ids[task]
+        if key not in cache:
+            inputs = self.encoder_inputs({**batch, "task": task})
+            # Selective supervision needs every layer's output: the layers above a task's
+            # `head_layer` still run (a stock forward) but take no part in its loss.
+            hidden_states = bool(self.head_layers) and not self.sharing.takes_encoder_top
+            out = self.encoder(**inputs, output_hidden_states=hidden_states)
+            cache[key] = (out, inputs.get("attention_mask"))
+        return cache[key]
+
+    def _view(
+        self, task: str, out: Any, mask: torch.Tensor | None, pooled: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.sharing.takes_encoder_top:  # the encoder is the shared bottom; towers on top
-            hidden = self.encoder(**inputs).last_hidden_state
-            mask = inputs.get("attention_mask")
-            return self.sharing.encode_top(task, hidden, mask, pooled)
+            return self.sharing.encode_top(task, out.last_hidden_state, mask, pooled)
+        layer = self.head_layers.get(task)
         if layer is None:
-            out = self.encoder(**inputs)
             return out.last_hidden_state, out.pooler_output if pooled else None
-        # Selective supervision: the layers above `layer` still run (a stock forward) but
-        # take no part in this task's loss, so they get no gradient from it.
-        hidden = self.encoder(**inputs, output_hidden_states=True).hidden_states[layer]
+        hidden = out.hidden_states[layer]
         return hidden, self.encoder.pooler(hidden) if pooled else None
+
+    def _head_input(
+        self, task: str, batch: Mapping[str, Any], cache: dict[Any, Any]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(sequence, pooled) as the task's head reads them, with the predictions of the
+        tasks it `reads_from` appended to the features."""
+        reads_sequence = self.heads[task].reads == "sequence"
+        out, mask = self._encoder_output(task, batch, cache)
+        hidden, pooled = self._view(task, out, mask, pooled=not reads_sequence)
+        sequence_output, pooled_output = self.sharing(
+            task, hidden if reads_sequence else None, pooled
+        )
+        sources = self.reads_from.get(task, [])
+        if not sources:
+            return sequence_output, pooled_output
+        features = sequence_output if reads_sequence else pooled_output
+        with torch.no_grad():  # asymmetric sharing: no gradient flows into the sources
+            read = [self._probabilities(source, batch, cache) for source in sources]
+        for probabilities in read:
+            if reads_sequence and probabilities.dim() == 2:  # a per-text source, every token
+                probabilities = probabilities[:, None, :].expand(-1, features.shape[1], -1)
+            features = torch.cat([features, probabilities.to(features.dtype)], dim=-1)
+        return (features, None) if reads_sequence else (None, features)
+
+    def _probabilities(
+        self, task: str, batch: Mapping[str, Any], cache: dict[Any, Any]
+    ) -> torch.Tensor:
+        """A source task's predicted class probabilities (no dropout): [B, C] or [B, T, C]."""
+        head = self.heads[task]
+        sequence_output, pooled_output = self._head_input(task, batch, cache)
+        features = sequence_output if head.reads == "sequence" else pooled_output
+        return torch.softmax(head.classifier(features).float(), dim=-1)
 
     def _forward_one(self, batch: Mapping[str, Any]) -> TaskResult:
         name = batch["task"]
         if name not in self.heads:
             raise KeyError(f"batch task {name!r} has no head; tasks: {list(self.heads)}")
-        head = self.heads[name]
-        reads_sequence = head.reads == "sequence"
-        hidden, pooled = self.encode(name, batch, pooled=not reads_sequence)
-        sequence_output, pooled_output = self.sharing(
-            name, hidden if reads_sequence else None, pooled
-        )
+        sequence_output, pooled_output = self._head_input(name, batch, {})
         extras = {k: v for k, v in batch.items() if k not in (*ENCODER_INPUTS, "labels", "task")}
-        result = head(sequence_output, pooled_output, batch.get("labels"), **extras)
+        result = self.heads[name](sequence_output, pooled_output, batch.get("labels"), **extras)
         return TaskResult(name, result.loss, result.logits)
 
 
@@ -165,7 +212,14 @@ def build_model(
     dropout = float(getattr(encoder.config, "hidden_dropout_prob", 0.1))
     torch.manual_seed(seed)
     heads = {
-        name: build_head(task.type, hidden, task.num_labels, dropout, **head_options.get(name, {}))
+        # A head that reads other tasks' predictions takes their class probabilities as well.
+        name: build_head(
+            task.type,
+            hidden + sum(tasks[source].num_labels for source in task.reads_from),
+            task.num_labels,
+            dropout,
+            **head_options.get(name, {}),
+        )
         for name, task in tasks.items()
     }
     layer = build_sharing(sharing, hidden, list(tasks), **dict(sharing_options))
@@ -198,7 +252,8 @@ def build_model(
             if task_id >= rows:
                 raise ValueError(f"task {name}: task_id {task_id} >= the encoder's {rows} rows")
             task_ids[name] = task_id
-    return MultiTaskModel(encoder, heads, layer, task_ids, head_layers)
+    reads_from = {name: list(task.reads_from) for name, task in tasks.items()}
+    return MultiTaskModel(encoder, heads, layer, task_ids, head_layers, reads_from)
 
 
 def load_finetune_tokenizer(config: FinetuneConfig) -> Any:

@@ -286,6 +286,13 @@ class FinetuneTrainer(TrainEngine):
             atomic_write(self.run_dir / "metrics.md", metrics_table(table))
             if self.unwrapped.sharing.exportable:
                 for name, task in self.tasks.items():
+                    if name in self.unwrapped.reads_from:
+                        self.print(
+                            f"{name}: no stock transformers export (its head also reads "
+                            f"{', '.join(self.unwrapped.reads_from[name])}); the model is in "
+                            "best/ (ernie_style.finetune.loading.load_finetuned rebuilds it)"
+                        )
+                        continue
                     metrics = self.config.task(name).metrics or []
                     output = self.run_dir / "tasks" / name
                     export_task(

@@ -114,14 +114,16 @@ def finetune_tasks(tmp_path: Path) -> list[dict]:
         ("hard", {}),
         ("soft", {"tower_layers": 1, "tower_l2": 0.05}),
         ("cross_stitch", {"tower_layers": 1}),
+        ("hard", {"reads_from": ["wiki_pairs"]}),  # asymmetric: sentiment reads the pairs head
     ],
-    ids=["hard", "soft", "cross_stitch"],
+    ids=["hard", "soft", "cross_stitch", "asymmetric"],
 )
 def test_two_process_finetuning_equals_one_process(tmp_path, sharing, options):
     """Fine-tuning shards each global batch as indices[rank::world], so 1 and 2 processes
     train on the same global batches: losses and final weights must agree end to end
     (fp32, no dropout, uncertainty balancing whose log-variances are averaged over ranks).
-    Tower kinds too: unused towers, the L2 pull added once per step, cross-stitch units."""
+    Tower kinds too: unused towers, the L2 pull added once per step, cross-stitch units; and a
+    head reading another task's predictions (its source head unused in that step)."""
     encoder = make_encoder_dir(
         tmp_path / "encoder",
         hidden_size=32,
@@ -129,6 +131,8 @@ def test_two_process_finetuning_equals_one_process(tmp_path, sharing, options):
         attention_probs_dropout_prob=0.0,
     )
     tasks = finetune_tasks(tmp_path)
+    options = dict(options)
+    tasks[0]["reads_from"] = options.pop("reads_from", [])
     runs = {}
     for world in (1, 2):
         output = tmp_path / f"run{world}"
@@ -147,7 +151,8 @@ def test_two_process_finetuning_equals_one_process(tmp_path, sharing, options):
         if world == 2:
             launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
             launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-            port = {"hard": 29547, "soft": 29548, "cross_stitch": 29549}[sharing]
+            port = 29547 + ["hard", "soft", "cross_stitch"].index(sharing)
+            port += 3 if tasks[0]["reads_from"] else 0
             launch += ["--dynamo_backend", "no", "--main_process_port", str(port)]
             run([*launch, *cmd])
         else:

@@ -19,6 +19,7 @@ METHODS = {
     "selective": "hard",
     "soft_sharing": "soft",
     "cross_stitch": "cross_stitch",
+    "asymmetric": "hard",
 }
 
 
@@ -48,5 +49,10 @@ def test_each_method_has_an_example_that_runs(fragment, encoder_dir, tmp_path, m
     table = FinetuneTrainer(config).train()
     assert set(table) == {t.name for t in config.tasks}
     assert (tmp_path / "run" / "metrics.json").is_file()
-    exported = (tmp_path / "run" / "tasks").is_dir()
-    assert exported == (fragment in ("selective", "soft_sharing"))
+    exports = tmp_path / "run" / "tasks"
+    exported = {p.name for p in exports.iterdir()} if exports.is_dir() else set()
+    stock = config.sharing in ("hard", "soft")  # mixtures and cross-stitch have no stock model
+    readers = {t.name for t in config.tasks if t.reads_from}
+    assert exported == ({t.name for t in config.tasks} - readers if stock else set())
+    if fragment == "asymmetric":
+        assert readers == {"wnut16"}
