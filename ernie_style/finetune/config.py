@@ -321,6 +321,17 @@ class FinetuneConfig:
         False, "run custom model code the encoder/tokenizer dir names (auto_map): trusted dirs only"
     )
     tasks: list[FinetuneTask] = option([], "the tasks, MT-DNN style (one head each)")
+    stages: str | None = option(
+        None,
+        "curriculum: none = every task from the start; anti_curriculum = first_stage_tasks "
+        "alone for first_stage_epochs, then every task for `epochs` (decaNLP)",
+    )
+    first_stage_tasks: list[str] | None = option(
+        None, "with stages: anti_curriculum, the hardest task(s), trained alone first"
+    )
+    first_stage_epochs: float = option(
+        1.0, "with stages: anti_curriculum, passes over the first-stage tasks' data, > 0"
+    )
 
     @staticmethod
     def migrate_keys(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -372,6 +383,29 @@ class FinetuneConfig:
                     )
 
         _check_reads_from(self.tasks)
+        self._check_stages(names)
+
+    def _check_stages(self, names: list[str]) -> None:
+        if self.first_stage_tasks is not None and self.stages != "anti_curriculum":
+            raise ValueError("first_stage_tasks is only for stages: anti_curriculum")
+        if self.stages is None:
+            return
+        if self.stages != "anti_curriculum":
+            raise ValueError(
+                f"stages: unknown curriculum {self.stages!r} for fine-tuning; choose "
+                "anti_curriculum (or leave it out)"
+            )
+        first = self.first_stage_tasks or []
+        unknown = [t for t in first if t not in names]
+        if not first or unknown:
+            raise ValueError(
+                f"first_stage_tasks: name the task(s) anti_curriculum trains first, among "
+                f"{names} (got {first})"
+            )
+        if set(first) == set(names):
+            raise ValueError("first_stage_tasks: names every task (nothing joins later)")
+        if self.first_stage_epochs <= 0:
+            raise ValueError(f"first_stage_epochs must be > 0, got {self.first_stage_epochs}")
 
     def balancing_config(self) -> Any:
         """`balancing_options` as the balancing strategy's typed `Config` (errors name the

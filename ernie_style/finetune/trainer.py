@@ -81,10 +81,17 @@ class FinetuneTrainer(TrainEngine):
         ).to(accel.device)
         self.raw_optimizer = build_adamw(self.raw_model, config.optim, self.balancer.parameters())
         sizes = {name: len(task.splits["train"]) for name, task in self.tasks.items()}
+        first = (config.first_stage_tasks or []) if config.stages == "anti_curriculum" else []
         self.sampler = TaskSampler(
-            sizes, self.batch_sizes, config.sampling, config.temperature, config.seed
+            sizes,
+            self.batch_sizes,
+            config.sampling,
+            config.temperature,
+            config.seed,
+            first_tasks=first,
+            first_epochs=config.first_stage_epochs,
         )
-        self._total_steps = config.epochs * self.sampler.steps_per_epoch
+        self._total_steps = self.sampler.total_steps(config.epochs)
         self.warmup = config.optim.warmup(self._total_steps)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"score": None, "step": None}
@@ -115,7 +122,7 @@ class FinetuneTrainer(TrainEngine):
     # ---- the engine's hooks ----------------------------------------------------------------
     @property
     def total_steps(self) -> int:
-        """Epochs x the sampler's steps per epoch."""
+        """The first stage (anti-curriculum) plus epochs x the sampler's steps per epoch."""
         return self._total_steps
 
     def before_training(self) -> None:
@@ -146,16 +153,19 @@ class FinetuneTrainer(TrainEngine):
         return optim.lr * lr_factor(step, self.total_steps, self.warmup, optim.lr_schedule)
 
     def phase(self, step: int) -> tuple[int | str, float | str]:
-        """('', epoch) of a step: fine-tuning has epochs (1-based), not stages."""
-        return "", step // self.sampler.steps_per_epoch + 1
+        """('', epoch) of a step (1-based); with an anti-curriculum (stage, epoch in it)."""
+        stage, epoch = self.sampler.phase_of(step)
+        return stage if self.sampler.first_steps else "", epoch
 
     def at_boundary(self, done: int) -> bool:
-        """An epoch ended."""
-        return done % self.sampler.steps_per_epoch == 0
+        """An epoch (or the anti-curriculum's first stage) ended."""
+        return self.sampler.is_epoch_end(done)
 
     def progress_text(self, log: LogWindow) -> str:
         """Epoch, losses and the last dev scores."""
-        epoch = log.done / self.sampler.steps_per_epoch
+        stage, epoch = self.sampler.progress(log.done)
+        if self.sampler.first_steps:
+            epoch = epoch if stage == 1 else epoch + self.config.first_stage_epochs
         last = self.history[-1]["dev"] if self.history else {}
         dev = " ".join(f"{t[:8]}={m['main']:.3f}" for t, m in last.items())
         return (
@@ -165,8 +175,10 @@ class FinetuneTrainer(TrainEngine):
         )
 
     def extra_scalars(self, done: int) -> dict[str, float]:
-        """The epoch reached."""
-        return {"train/epoch": done / self.sampler.steps_per_epoch}
+        """The epoch reached (within its stage) and, with an anti-curriculum, the stage."""
+        stage, epoch = self.sampler.progress(done)
+        extra = {"train/stage": stage} if self.sampler.first_steps else {}
+        return {"train/epoch": epoch} | extra
 
     def on_step_end(self, done: int, boundary: bool, losses: dict[str, float]) -> None:
         """At epoch ends the balancer's window closes on the epoch's mean losses; dev
@@ -249,7 +261,8 @@ class FinetuneTrainer(TrainEngine):
         score = sum(r["main"] for r in results.values()) / len(results)
         record = {
             "step": self.step,
-            "epoch": self.step / self.sampler.steps_per_epoch,
+            "epoch": self.sampler.progress(self.step)[1],
+            "stage": self.sampler.progress(self.step)[0],
             "score": score,
             "dev": {t: {"main": r["main"], **r["metrics"]} for t, r in results.items()},
         }

@@ -20,6 +20,7 @@ METHODS = {
     "soft_sharing": "soft",
     "cross_stitch": "cross_stitch",
     "asymmetric": "hard",
+    "anti_curriculum": "hard",
 }
 
 
@@ -56,3 +57,5 @@ def test_each_method_has_an_example_that_runs(fragment, encoder_dir, tmp_path, m
     assert exported == ({t.name for t in config.tasks} - readers if stock else set())
     if fragment == "asymmetric":
         assert readers == {"wnut16"}
+    if fragment == "anti_curriculum":
+        assert config.stages == "anti_curriculum" and config.first_stage_tasks == ["wnut16"]
