@@ -242,6 +242,25 @@ def build_wiki_ranking(
     return sizes
 
 
+def build_wiki_qa(out: Path) -> dict[str, int]:
+    """Extractive QA from the ranking sets: "Which sentence is from the article about TITLE?"
+    over the four candidates as one context; the answer is the article's own sentence."""
+    sizes = {}
+    for split in WIKI_RANKING:
+        rows = []
+        for line in (out / "wiki_ranking" / f"{split}.jsonl").read_text().splitlines():
+            ranking = json.loads(line)
+            rows.append(
+                {
+                    "question": f"Which sentence is from the article about {ranking['query']}?",
+                    "context": " ".join(ranking["candidates"]),
+                    "answer": ranking["candidates"][ranking["label"]],
+                }
+            )
+        sizes[split] = write_jsonl(out / "wiki_qa" / f"{split}.jsonl", rows)
+    return sizes
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Build every set and print its split sizes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -255,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "wiki_pairs": build_wiki_pairs(args.output, random.Random(SEED), wiki),
         "wiki_ranking": build_wiki_ranking(args.output, random.Random(SEED), wiki),
     }
+    built["wiki_qa"] = build_wiki_qa(args.output)
     for name, sizes in built.items():
         print(f"{name:15} " + "  ".join(f"{s}={n}" for s, n in sizes.items()))
 

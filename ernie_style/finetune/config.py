@@ -27,7 +27,16 @@ TASK_TYPES = (
     "regression",
     "ranking",
     "token_classification",
+    "question_answering",
 )
+#: Task types a `question` template phrases as questions for the shared pointer head.
+QUESTION_TYPES = ("classification", "pair_classification", "token_classification")
+#: Metrics of tasks phrased as questions (entity metrics compare the predicted spans).
+QUESTION_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "f1_macro", "f1_micro", "mcc"),
+    "pair_classification": ("accuracy", "f1_macro", "f1_micro", "mcc"),
+    "token_classification": ("entity_f1", "entity_precision", "entity_recall"),
+}
 #: Metric names (keys of `ernie_style.finetune.metrics.METRICS`) each task type accepts.
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("accuracy", "f1_macro", "f1_micro", "f1_binary", "mcc"),
@@ -41,6 +50,7 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
         "accuracy",
         "f1_macro",
     ),
+    "question_answering": ("span_f1", "exact_match"),
 }
 #: Token-task metrics over entity spans (BIO tags); accuracy/f1_macro count first sub-tokens.
 ENTITY_METRICS = ("entity_f1", "entity_precision", "entity_recall")
@@ -51,9 +61,13 @@ DEFAULT_METRICS: dict[str, list[str]] = {
     "regression": ["pearson", "spearman"],
     "ranking": ["mrr", "ndcg"],
     "token_classification": ["entity_f1"],
+    "question_answering": ["span_f1", "exact_match"],
 }
-#: Default label field per type (token tasks: the list of tags).
-DEFAULT_LABEL_FIELD = {t: "tags" if t == "token_classification" else "label" for t in TASK_TYPES}
+#: Default label field per type (token tasks: the list of tags; QA: the answer text).
+DEFAULT_LABEL_FIELD = {t: "label" for t in TASK_TYPES} | {
+    "token_classification": "tags",
+    "question_answering": "answer",
+}
 SILVER_SCHEMES = ("silver:pos", "silver:ner")
 SILVER_MIXES = ("silver", "gold", "both")
 SAMPLING_STRATEGIES = ("proportional", "temperature", "uniform")
@@ -103,6 +117,14 @@ class FinetuneTask:
     loss_weight: float = option(1.0, "task loss weight (used by balancing: fixed)")
     batch_size: int | None = option(None, "examples per batch (default: top-level batch_size)")
     task_id: int | None = option(None, "row of the encoder's task-embedding table")
+    question: str | None = option(
+        None,
+        "tasks as questions (decaNLP): a template, e.g. 'Is this review {labels}?' or "
+        "'Which {type} is mentioned?'; the shared pointer head answers (no task head)",
+    )
+    label_words: dict[str, str] | None = option(
+        None, "with question: the word a label (or entity type) is called in the question"
+    )
     reads_from: list[str] = option(
         [],
         "asymmetric sharing: tasks whose predicted class probabilities this task's head also "
@@ -117,6 +139,11 @@ class FinetuneTask:
     candidates_field: str | None = option(None, "ranking: the list-of-candidate-texts field")
     silver_source: str | None = option(None, "silver labels: the task whose texts are tagged")
     silver_mix: str = option("silver", "silver labels: silver | gold | both (train concatenated)")
+
+    @property
+    def is_question(self) -> bool:
+        """Whether the shared pointer head answers this task (a `question` or QA type)."""
+        return self.question is not None or self.type == "question_answering"
 
     @property
     def is_silver(self) -> bool:
@@ -154,6 +181,30 @@ class FinetuneTask:
             raise ValueError(f"{key}.task_id must be >= 0, got {self.task_id}")
         if self.head_layer is not None and self.head_layer < 0:
             raise ValueError(f"{key}.head_layer must be >= 0, got {self.head_layer}")
+        self._validate_question(key)
+
+    def _validate_question(self, key: str) -> None:
+        if self.question is None:
+            if self.label_words is not None:
+                raise ValueError(f"{key}.label_words: only for tasks with a question")
+            return
+        if self.type not in QUESTION_TYPES:
+            raise ValueError(
+                f"{key}.question: {self.type} tasks cannot be phrased as questions; types: "
+                f"{', '.join(QUESTION_TYPES)} (question_answering tasks are questions already)"
+            )
+        placeholder = "{type}" if self.type == "token_classification" else "{labels}"
+        if placeholder not in self.question:
+            raise ValueError(f"{key}.question: {self.question!r} needs {placeholder}")
+        if self.head_layer is not None or self.reads_from:
+            raise ValueError(
+                f"{key}.question: the shared pointer head reads the top layer alone "
+                "(no head_layer or reads_from)"
+            )
+        if self.type != "token_classification" and self.label_words:
+            unknown = sorted(set(self.label_words) - set(self.label_list or []))
+            if unknown:
+                raise ValueError(f"{key}.label_words: {unknown} are not labels")
 
     def _validate_labels(self, key: str, names: list[str]) -> None:
         needs_labels = self.type in ("classification", "pair_classification")
@@ -208,7 +259,11 @@ class FinetuneTask:
         for field in ("query_field", "candidates_field"):
             if getattr(self, field) is not None:
                 raise ValueError(f"{key}.{field}: only for ranking tasks")
-        allowed = {"pair_classification": (2,), "token_classification": (1,)}.get(self.type, (1, 2))
+        allowed = {
+            "pair_classification": (2,),
+            "token_classification": (1,),
+            "question_answering": (2,),
+        }.get(self.type, (1, 2))
         if silver_only:
             if self.text_fields:
                 raise ValueError(f"{key}.text_fields: not used with silver_mix 'silver'")
@@ -245,6 +300,8 @@ class FinetuneTask:
         if not self.metrics:
             raise ValueError(f"{key}.metrics: at least one metric is required")
         allowed = TASK_METRICS[self.type]
+        if self.question is not None:
+            allowed = QUESTION_METRICS[self.type]
         for i, metric in enumerate(self.metrics):
             if metric not in allowed:
                 raise ValueError(
@@ -460,6 +517,8 @@ def _check_reads_from(tasks: list[FinetuneTask]) -> None:
             if source == task.name or source not in by_name:
                 raise ValueError(f"{key}: {source!r} is not another task of this config")
             kind = by_name[source].type
+            if by_name[source].is_question or task.is_question:
+                raise ValueError(f"{key}: tasks phrased as questions neither read nor are read")
             if kind not in READABLE_TYPES:
                 raise ValueError(
                     f"{key}: {source!r} is a {kind} task; readable types: "

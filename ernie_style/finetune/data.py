@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ernie_style.finetune.config import FinetuneConfig, FinetuneTask
+from ernie_style.finetune.questions import QuestionCollator, encode_questions, phrase
 from ernie_style.finetune.readers import DataError, RawExample, read_examples
 from ernie_style.finetune.silver import silver_examples, silver_labels
 
@@ -131,6 +132,8 @@ class EncodedTask:
     head_layer: int | None = None
     #: Tasks whose predictions the head also reads, `FinetuneTask.reads_from`.
     reads_from: list[str] = field(default_factory=list)
+    #: Answered by the shared pointer head (`question` template or question_answering type).
+    is_question: bool = False
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -327,11 +330,18 @@ def _encode_task(
     config: FinetuneConfig,
     stats: dict[str, dict[str, Counter[str]]],
 ) -> EncodedTask:
-    splits, counters = {}, {}
+    splits, counters, locations = {}, {}, {}
+    sep = tokenizer.sep_token or "|"
     for split in SPLITS:
         if split not in raw:
             continue
         counter = counters[split] = stats[task.name].get(split, Counter())
+        locations[split] = [e.where for e in raw[split]]
+        if task.is_question:  # decaNLP: (question, context) -> answer span, shared pointer
+            phrased = phrase(task, raw[split], labels, sep)
+            locations[split] = [q.where for q in phrased]  # token tasks: one per entity type
+            splits[split] = encode_questions(phrased, tokenizer, config.max_seq_len, counter)
+            continue
         splits[split] = encode_examples(
             task.type, raw[split], tokenizer, config.max_seq_len, counter
         )
@@ -342,9 +352,10 @@ def _encode_task(
         labels=labels,
         splits=splits,
         stats=counters,
-        collator=Collator(task.type, pad_id),
+        collator=QuestionCollator(pad_id) if task.is_question else Collator(task.type, pad_id),
         task_id=task.task_id,
         head_layer=task.head_layer,
         reads_from=list(task.reads_from),
-        locations={split: [e.where for e in raw[split]] for split in splits},
+        is_question=task.is_question,
+        locations=locations,
     )

@@ -2,7 +2,8 @@
 
 Predictions per type: class names (classification types), a score (regression), the candidate
 scores and their ranking (ranking), one tag per word (token classification; the tag predicted at
-the word's first sub-token).
+the word's first sub-token); tasks phrased as questions: the label pointed at, or the answer span
+(`ernie_style.finetune.questions`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ernie_style.fileio import atomic_write
 from ernie_style.finetune.config import ENTITY_METRICS
 from ernie_style.finetune.data import IGNORE_INDEX, EncodedTask
 from ernie_style.finetune.metrics import compute_metrics
+from ernie_style.finetune.questions import collect_answers, question_metrics
 
 #: Runs one collated batch, returns logits (CPU, float).
 Scorer = Callable[[dict[str, Any]], torch.Tensor]
@@ -38,6 +40,8 @@ class SplitPredictions:
     def metrics(self, names: Sequence[str]) -> dict[str, float]:
         """The named metrics over this split."""
         task = self.task
+        if task.is_question:
+            return question_metrics(task.type, names, self.raw, self.raw_references)
         if task.type == "token_classification":
             return _token_metrics(names, self.raw, self.raw_references, task.labels or [])
         options = {}
@@ -56,6 +60,14 @@ def predict_split(
         chunk = examples[start : start + batch_size]
         batch = task.collator(chunk)
         logits = scorer(batch).float().cpu()
+        if task.is_question:
+            rows = collect_answers(task.type, logits, batch, chunk, task.labels or [])
+            for prediction, reference, raw, raw_reference in rows:
+                out.predictions.append(prediction)
+                out.references.append(reference)
+                out.raw.append(raw)
+                out.raw_references.append(raw_reference)
+            continue
         _collect(out, task, batch, logits)
     return out
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
@@ -102,6 +103,39 @@ def export_task(
     return output
 
 
+def export_questions(
+    model: MultiTaskModel,
+    tasks: list[EncodedTask],
+    tokenizer: Any,
+    output: Path,
+    precision: dict[str, str] | None = None,
+) -> Path:
+    """Write the shared pointer of the question tasks (decaNLP) as a stock
+    `AutoModelForQuestionAnswering` directory: its `qa_outputs` is the pointer's linear layer,
+    so the stock start/end logits are the fine-tuned ones (on unpadded positions)."""
+    if model.pointer is None or model.sharing.kind != "hard":
+        raise ValueError("the question tasks export only with a pointer head and hard sharing")
+    config = AutoConfig.for_model(**model.encoder.config.to_dict())
+    stock = AutoModelForQuestionAnswering.from_config(config, trust_remote_code=False)
+    stock.config.architectures = [type(stock).__name__]
+    encoder_state = {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}
+    encoder_state = {k: v for k, v in encoder_state.items() if not k.startswith("pooler.")}
+    stock.base_model.load_state_dict(encoder_state, strict=True)
+    stock.qa_outputs.load_state_dict(model.pointer.classifier.state_dict())
+    info = {
+        "task": "questions",
+        "type": "question_answering",
+        "tasks": [task.name for task in tasks],
+        "architecture": type(stock).__name__,
+        "precision": precision or {},
+    }
+    with atomic_dir(output) as tmp:
+        stock.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / TASK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return output
+
+
 def _layer_index(key: str) -> int | None:
     """The transformer layer a `encoder.layer.N.` state-dict key belongs to (None: no layer)."""
     match = _LAYER_KEY.match(key)
@@ -116,6 +150,8 @@ def load_exported(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     info = json.loads(info_path.read_text(encoding="utf-8"))
     token_level = info["architecture"].endswith("TokenClassification")
     auto = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
+    if info["architecture"].endswith("QuestionAnswering"):
+        auto = AutoModelForQuestionAnswering
     refuse_pickle_weights(path, f"--model {path}")
     refuse_remote_code(path, f"--model {path}")
     model = auto.from_pretrained(

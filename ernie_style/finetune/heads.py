@@ -13,6 +13,7 @@ trainer can pass a batch's remaining fields through.
 | `regression`           | pooled   | [B]                      | MSE, float labels [B]          |
 | `ranking`              | pooled   | [Q, N], B = Q x N pairs  | listwise softmax CE / pairwise |
 | `token_classification` | sequence | [B, T, C]                | cross-entropy, -100 ignored    |
+| `question_answering`   | sequence | [B, T, 2] start, end     | mean of start/end CE (pointer) |
 
 Every head holds `dropout` and a `classifier` linear layer, initialised like `transformers`
 (normal 0.02, zero bias), so `transformers_head_state` maps each one to the `classifier`
@@ -297,6 +298,40 @@ class TokenClassificationHead(FinetuneHead):
         return total / count.to(total.dtype)
 
 
+class PointerHead(FinetuneHead):
+    """The answer pointer shared by every task phrased as questions (decaNLP): a Linear(H, 2)
+    `classifier` -> start and end logits per position ([B, T, 2], padded positions -1e4);
+    loss = the mean of the start and end cross-entropies (labels [B, 2]). It maps one to one
+    onto the `qa_outputs` layer of a stock `...ForQuestionAnswering` model."""
+
+    task_type = "question_answering"
+    reads = "sequence"
+
+    def __init__(self, hidden_size: int, num_labels: int = 2, dropout: float = 0.1) -> None:
+        super().__init__(hidden_size, num_labels, dropout)
+
+    def forward(
+        self,
+        sequence_output: torch.Tensor | None,
+        pooled_output: torch.Tensor | None,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **batch_extras: Any,
+    ) -> HeadOutput:
+        """Start/end logits (padding masked when `attention_mask` is given) and the loss."""
+        hidden = self._input(sequence_output, pooled_output)
+        logits = self.classifier(self.dropout(hidden)).float()
+        if attention_mask is not None:
+            logits = logits.masked_fill(attention_mask[..., None] == 0, -1e4)
+        return HeadOutput(None if labels is None else self.loss(logits, labels), logits)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, **batch_extras: Any) -> torch.Tensor:
+        """(CE(start logits, start) + CE(end logits, end)) / 2 over the batch."""
+        start = F.cross_entropy(logits[..., 0], labels[:, 0].long())
+        end = F.cross_entropy(logits[..., 1], labels[:, 1].long())
+        return (start + end) / 2
+
+
 #: The head class of each task type (of `TASK_TYPES`, which the config module defines).
 HEAD_TYPES: dict[str, type[FinetuneHead]] = {
     cls.task_type: cls
@@ -306,6 +341,7 @@ HEAD_TYPES: dict[str, type[FinetuneHead]] = {
         RegressionHead,
         RankingHead,
         TokenClassificationHead,
+        PointerHead,
     )
 }
 
@@ -315,6 +351,7 @@ _HEAD_OPTIONS: dict[str, frozenset[str]] = {
     "regression": frozenset(),
     "ranking": frozenset({"ranking_loss", "pairwise_loss", "margin", "num_candidates"}),
     "token_classification": frozenset(),
+    "question_answering": frozenset(),
 }
 
 
@@ -343,6 +380,9 @@ def build_head(
     if task_type in {"regression", "ranking"}:
         if num_labels != 1:
             raise ValueError(f"a {task_type} head has num_labels=1, got {num_labels}")
+    elif task_type == "question_answering":
+        if num_labels != 2:
+            raise ValueError(f"a question_answering head has num_labels=2, got {num_labels}")
     elif num_labels < 2:
         raise ValueError(f"a {task_type} head needs num_labels >= 2, got {num_labels}")
     if not 0.0 <= dropout < 1.0:

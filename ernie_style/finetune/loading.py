@@ -20,9 +20,15 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from ernie_style.config import from_dict, read_yaml
-from ernie_style.finetune.config import TASK_TYPES, FinetuneConfig, FinetuneTask
+from ernie_style.finetune.config import (
+    DEFAULT_LABEL_FIELD,
+    TASK_TYPES,
+    FinetuneConfig,
+    FinetuneTask,
+)
 from ernie_style.finetune.data import Collator, EncodedTask
 from ernie_style.finetune.model import MultiTaskModel, build_model
+from ernie_style.finetune.questions import QuestionCollator
 from ernie_style.finetune.silver import silver_labels
 from ernie_style.tokenizer import load_tokenizer
 from ernie_style.untrusted import refuse_remote_code
@@ -41,7 +47,7 @@ class _RunConfig(FinetuneConfig):
             if task.type not in TASK_TYPES:
                 raise ValueError(f"tasks[{i}].type: unknown type {task.type!r}")
             if task.label_field is None:
-                task.label_field = "tags" if task.type == "token_classification" else "label"
+                task.label_field = DEFAULT_LABEL_FIELD[task.type]
 
 
 def read_run_config(run_dir: str | Path) -> FinetuneConfig:
@@ -130,10 +136,11 @@ def task_shells(
             labels=labels[task.name],
             splits={},
             stats={},
-            collator=Collator(task.type, pad_id),
+            collator=QuestionCollator(pad_id) if task.is_question else Collator(task.type, pad_id),
             task_id=task.task_id,
             head_layer=task.head_layer,
             reads_from=list(task.reads_from),
+            is_question=task.is_question,
         )
         for task in config.tasks
     }

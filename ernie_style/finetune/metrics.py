@@ -339,6 +339,42 @@ def ndcg(
     return float(np.mean(values))
 
 
+def _span_overlap_f1(predicted: Sequence[int], gold: Sequence[int]) -> float:
+    overlap = min(predicted[1], gold[1]) - max(predicted[0], gold[0]) + 1
+    if overlap <= 0:
+        return 0.0
+    precision = overlap / (predicted[1] - predicted[0] + 1)
+    recall = overlap / (gold[1] - gold[0] + 1)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(
+    predictions: Sequence[Sequence[int]], references: Sequence[Sequence[Sequence[int]]]
+) -> float:
+    """Fraction of predicted (start, end) spans equal to their first gold span (an example
+    whose answer was truncated away, no gold span, counts as wrong); 0.0 when empty."""
+    if not predictions:
+        return 0.0
+    hits = [
+        bool(g) and tuple(p) == tuple(g[0]) for p, g in zip(predictions, references, strict=True)
+    ]
+    return sum(hits) / len(hits)
+
+
+def span_f1(
+    predictions: Sequence[Sequence[int]], references: Sequence[Sequence[Sequence[int]]]
+) -> float:
+    """Mean token-overlap F1 of predicted inclusive (start, end) spans with the first gold span
+    (SQuAD's F1 over token positions); 0.0 when empty."""
+    if not predictions:
+        return 0.0
+    scores = [
+        _span_overlap_f1(p, g[0]) if g else 0.0
+        for p, g in zip(predictions, references, strict=True)
+    ]
+    return sum(scores) / len(scores)
+
+
 #: Metric name -> `metric(predictions, references, **options) -> float`.
 METRICS: dict[str, Callable[..., float]] = {
     "accuracy": accuracy,
@@ -353,6 +389,8 @@ METRICS: dict[str, Callable[..., float]] = {
     "entity_recall": entity_recall,
     "mrr": mrr,
     "ndcg": ndcg,
+    "exact_match": exact_match,
+    "span_f1": span_f1,
 }
 
 

@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from ernie_style.finetune.config import FinetuneConfig
 from ernie_style.finetune.data import EncodedTask
-from ernie_style.finetune.heads import FinetuneHead, build_head
+from ernie_style.finetune.heads import FinetuneHead, PointerHead, build_head
 from ernie_style.finetune.sharing import SharingLayer, build_sharing
 from ernie_style.tokenizer import load_tokenizer
 from ernie_style.untrusted import refuse_pickle_weights, refuse_remote_code
@@ -87,11 +87,16 @@ class MultiTaskModel(nn.Module):
         task_ids: Mapping[str, int] | None = None,
         head_layers: Mapping[str, int] | None = None,
         reads_from: Mapping[str, list[str]] | None = None,
+        pointer: PointerHead | None = None,
+        question_tasks: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.sharing = sharing
         self.heads = nn.ModuleDict(dict(heads))
+        #: The answer pointer shared by every task phrased as questions (decaNLP), or None.
+        self.pointer = pointer
+        self.question_tasks = list(question_tasks or [])
         #: Task-embedding row per task, or None when the encoder has no task embeddings.
         self.task_ids = dict(task_ids) if task_ids is not None else None
         #: Tasks whose head reads a layer below the top (selective supervision): that layer.
@@ -119,6 +124,28 @@ class MultiTaskModel(nn.Module):
             task_id = self.task_ids[batch["task"]]
             inputs["task_type_ids"] = torch.full_like(inputs["input_ids"], task_id)
         return inputs
+
+    def add_question_task(self, name: str, task_id: int = 0) -> None:
+        """Let the shared pointer answer a task it never trained on (zero-shot questions):
+        the sharing layer learns the name (new gates or towers start fresh; with `hard`
+        nothing is added) and the task reads task-embedding row `task_id`."""
+        if self.pointer is None:
+            raise ValueError("the model has no pointer head (no task was phrased as questions)")
+        if name in self.question_tasks:
+            return
+        if name not in self.sharing.tasks:
+            self.sharing.add_task(name)
+        self.question_tasks.append(name)
+        if self.task_ids is not None:
+            self.task_ids[name] = task_id
+
+    def head_of(self, task: str) -> nn.Module:
+        """The head that answers `task`: its own, or the shared pointer (question tasks)."""
+        if task in self.question_tasks and self.pointer is not None:
+            return self.pointer
+        if task not in self.heads:
+            raise KeyError(f"batch task {task!r} has no head; tasks: {list(self.heads)}")
+        return self.heads[task]
 
     def encode(
         self, task: str, batch: Mapping[str, Any], pooled: bool = True
@@ -159,7 +186,7 @@ class MultiTaskModel(nn.Module):
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(sequence, pooled) as the task's head reads them, with the predictions of the
         tasks it `reads_from` appended to the features."""
-        reads_sequence = self.heads[task].reads == "sequence"
+        reads_sequence = self.head_of(task).reads == "sequence"
         out, mask = self._encoder_output(task, batch, cache)
         hidden, pooled = self._view(task, out, mask, pooled=not reads_sequence)
         sequence_output, pooled_output = self.sharing(
@@ -188,11 +215,12 @@ class MultiTaskModel(nn.Module):
 
     def _forward_one(self, batch: Mapping[str, Any]) -> TaskResult:
         name = batch["task"]
-        if name not in self.heads:
-            raise KeyError(f"batch task {name!r} has no head; tasks: {list(self.heads)}")
+        head = self.head_of(name)
         sequence_output, pooled_output = self._head_input(name, batch, {})
         extras = {k: v for k, v in batch.items() if k not in (*ENCODER_INPUTS, "labels", "task")}
-        result = self.heads[name](sequence_output, pooled_output, batch.get("labels"), **extras)
+        if head is self.pointer:  # the pointer masks padded positions out of its softmax
+            extras["attention_mask"] = batch["attention_mask"].reshape(sequence_output.shape[:2])
+        result = head(sequence_output, pooled_output, batch.get("labels"), **extras)
         return TaskResult(name, result.loss, result.logits)
 
 
@@ -221,7 +249,10 @@ def build_model(
             **head_options.get(name, {}),
         )
         for name, task in tasks.items()
+        if not task.is_question
     }
+    questions = [name for name, task in tasks.items() if task.is_question]
+    pointer = PointerHead(hidden, 2, dropout) if questions else None
     layer = build_sharing(sharing, hidden, list(tasks), **dict(sharing_options))
     num_layers = int(encoder.config.num_hidden_layers)
     head_layers = {}
@@ -253,7 +284,9 @@ def build_model(
                 raise ValueError(f"task {name}: task_id {task_id} >= the encoder's {rows} rows")
             task_ids[name] = task_id
     reads_from = {name: list(task.reads_from) for name, task in tasks.items()}
-    return MultiTaskModel(encoder, heads, layer, task_ids, head_layers, reads_from)
+    return MultiTaskModel(
+        encoder, heads, layer, task_ids, head_layers, reads_from, pointer, questions
+    )
 
 
 def load_finetune_tokenizer(config: FinetuneConfig) -> Any:

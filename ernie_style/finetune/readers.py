@@ -250,6 +250,11 @@ def _parse(
     texts = [_text(where, name, record[name], stats) for name in task.text_fields]
     if task.type == "regression":
         return RawExample(where, texts, label=_number(where, label_field, value))
+    if task.type == "question_answering":
+        answer = _text(where, label_field, value, stats)
+        if not answer or answer not in texts[1]:
+            raise DataError(f"{where}: the answer {answer!r} does not occur in the context")
+        return RawExample(where, texts, label=answer)
     label = _label_name(value)
     if label not in label2id:
         raise DataError(f"{where}: label {label!r} not in labels {list(label2id)}")

@@ -23,7 +23,7 @@ from ernie_style.fileio import atomic_write
 from ernie_style.finetune.config import FinetuneConfig
 from ernie_style.finetune.data import EncodedTask, load_tasks
 from ernie_style.finetune.evaluation import metrics_table, predict_split, write_predictions
-from ernie_style.finetune.export import export_task
+from ernie_style.finetune.export import export_questions, export_task
 from ernie_style.finetune.model import (
     MultiTaskModel,
     build_model,
@@ -210,9 +210,13 @@ class FinetuneTrainer(TrainEngine):
             raise ValueError(f"{checkpoint}: the checkpoint has tasks {missing} this config lacks")
         new = [t for t in self.tasks if t not in state["tasks"]]
         sharing = self.raw_model.sharing
-        return [f"heads.{t}." for t in new] + [
+        allowed = [f"heads.{t}." for t in new] + [
             f"sharing.{key}" for t in new for key in sharing.task_keys(t)
         ]
+        old_questions = [t for t in state["tasks"] if self.tasks[t].is_question]
+        if not old_questions:  # the shared pointer joins with the first question task
+            allowed.append("pointer.")
+        return allowed
 
     def restore_state(self, checkpoint: Path, state: dict[str, Any]) -> None:
         """Sampler positions, history and best score; the sharing layer fixes up the parts of
@@ -298,7 +302,23 @@ class FinetuneTrainer(TrainEngine):
             atomic_write(self.run_dir / "metrics.json", json.dumps(table, indent=2) + "\n")
             atomic_write(self.run_dir / "metrics.md", metrics_table(table))
             if self.unwrapped.sharing.exportable:
+                questions = [t for t in self.tasks.values() if t.is_question]
+                if questions and self.unwrapped.sharing.kind != "hard":
+                    self.print(
+                        f"question tasks: no stock export with sharing={self.config.sharing} "
+                        "(each task's path differs); the model is in best/"
+                    )
+                elif questions:
+                    export_questions(
+                        self.unwrapped,
+                        questions,
+                        self.tokenizer,
+                        self.run_dir / "tasks" / "questions",
+                        precision=self.precision.to_dict(),
+                    )
                 for name, task in self.tasks.items():
+                    if task.is_question:
+                        continue
                     if name in self.unwrapped.reads_from:
                         self.print(
                             f"{name}: no stock transformers export (its head also reads "

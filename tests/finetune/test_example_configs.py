@@ -21,6 +21,7 @@ METHODS = {
     "cross_stitch": "cross_stitch",
     "asymmetric": "hard",
     "anti_curriculum": "hard",
+    "decanlp": "hard",
 }
 
 
@@ -54,8 +55,13 @@ def test_each_method_has_an_example_that_runs(fragment, encoder_dir, tmp_path, m
     exported = {p.name for p in exports.iterdir()} if exports.is_dir() else set()
     stock = config.sharing in ("hard", "soft")  # mixtures and cross-stitch have no stock model
     readers = {t.name for t in config.tasks if t.reads_from}
-    assert exported == ({t.name for t in config.tasks} - readers if stock else set())
+    questions = {t.name for t in config.tasks if t.is_question}
+    expected = {t.name for t in config.tasks} - readers - questions
+    expected |= {"questions"} if questions and config.sharing == "hard" else set()
+    assert exported == (expected if stock else set())
     if fragment == "asymmetric":
         assert readers == {"wnut16"}
+    if fragment == "decanlp":
+        assert questions == {"sentiment", "wnut16", "wiki_qa"}
     if fragment == "anti_curriculum":
         assert config.stages == "anti_curriculum" and config.first_stage_tasks == ["wnut16"]

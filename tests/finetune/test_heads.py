@@ -198,7 +198,7 @@ def test_token_classification_ignores_minus_100():
 
 @pytest.mark.parametrize("task_type", TASK_TYPES)
 def test_gradient_flows(task_type):
-    num_labels = 1 if task_type in {"regression", "ranking"} else 3
+    num_labels = {"regression": 1, "ranking": 1, "question_answering": 2}.get(task_type, 3)
     h = build_head(task_type, H, num_labels, dropout=0.1)
     seq = torch.randn(4, 5, H, requires_grad=True)
     pooled = torch.randn(4, H, requires_grad=True)
@@ -208,6 +208,7 @@ def test_gradient_flows(task_type):
         "regression": torch.randn(4),
         "ranking": torch.tensor([1, 0]),
         "token_classification": torch.randint(0, 3, (4, 5)),
+        "question_answering": torch.tensor([[0, 1], [2, 4], [1, 1], [3, 4]]),
     }[task_type]
     out = h(seq, pooled, labels, num_candidates=2, attention_mask=torch.ones(4, 5))
     out.loss.backward()

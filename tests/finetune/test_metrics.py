@@ -263,3 +263,14 @@ def test_metrics_table_lists_each_task_metric_once_with_splits_side_by_side():
         "| sst | accuracy | 0.7500 | 0.5000 |",
         "| sst | f1_macro | 0.7000 |  |",
     ]
+
+
+def test_span_metrics_compare_with_the_first_gold_span():
+    from ernie_style.finetune.metrics import exact_match, span_f1
+
+    predicted = [(3, 5), (3, 5), (0, 0), (10, 11)]
+    gold = [[(3, 5)], [(4, 7)], [], [(1, 2)]]
+    assert exact_match(predicted, gold) == 0.25
+    # (3, 5) vs (4, 7): overlap 2, precision 2/3, recall 2/4 -> F1 4/7.
+    assert span_f1(predicted, gold) == pytest.approx((1 + 4 / 7 + 0 + 0) / 4)
+    assert exact_match([], []) == span_f1([], []) == 0.0
