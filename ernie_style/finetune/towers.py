@@ -66,7 +66,8 @@ class TowerOptions:
 
 
 class TowerSharing(SharingLayer):
-    """Base of the tower kinds: per-task copies of the encoder's top layers and pooler."""
+    """Base of the tower kinds: per-task copies of the encoder's top layers and pooler. Its
+    `forward` is the base class's identity: the towers already ran in `encode_top`."""
 
     takes_encoder_top = True
 
@@ -121,16 +122,6 @@ class TowerSharing(SharingLayer):
     def _check_attached(self) -> None:
         if self._template is None:
             raise RuntimeError(f"sharing={self.kind}: attach(encoder) before the forward pass")
-
-    def forward(
-        self,
-        task: str,
-        sequence_output: torch.Tensor | None,
-        pooled_output: torch.Tensor | None,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The identity: the towers already ran in `encode_top`."""
-        self._check(task)
-        return sequence_output, pooled_output
 
     def fold_state(self, task: str) -> dict[str, torch.Tensor]:
         """The task's tower as encoder state-dict entries (`encoder.layer.N.*`, `pooler.*`)."""
