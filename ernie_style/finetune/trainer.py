@@ -347,8 +347,10 @@ class FinetuneTrainer(TrainEngine):
 
 
 def _last_shared_layer(model: MultiTaskModel) -> list[torch.nn.Parameter]:
-    """Parameters of the encoder's last transformer layer (GradNorm's shared layer)."""
+    """Parameters of the encoder's last transformer layer (GradNorm's shared layer); the
+    embeddings when towers took every layer (`soft`/`cross_stitch` with tower_layers = L)."""
     layers = getattr(getattr(model.encoder, "encoder", None), "layer", None)
     if layers is None:
         return []
-    return [p for p in layers[-1].parameters() if p.requires_grad]
+    shared = layers[-1] if len(layers) else getattr(model.encoder, "embeddings", None)
+    return [] if shared is None else [p for p in shared.parameters() if p.requires_grad]

@@ -314,3 +314,28 @@ def test_tower_runs_resume_exactly_and_with_a_new_task(encoder_dir, tmp_path, sh
         assert alpha[new, new] == pytest.approx(0.9) and alpha[new].sum() == pytest.approx(1.0)
     trainer.train()
     assert "wnut16" in json.loads((tmp_path / "c" / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("balancing", ["fixed", "uncertainty", "dwa", "gradnorm", "dtp"])
+@pytest.mark.parametrize(
+    ("sharing", "options"),
+    [("soft", {"tower_layers": 3, "tower_l2": 0.01}), ("cross_stitch", {"tower_layers": 1})],
+)
+def test_towers_train_with_every_balancing_strategy(
+    encoder_dir, tmp_path, sharing, options, balancing
+):
+    """tower_layers = 3 leaves no shared transformer layer: GradNorm then balances on the
+    embeddings."""
+    from ernie_style.config import load_config
+    from ernie_style.finetune.config import FinetuneConfig
+    from ernie_style.finetune.trainer import FinetuneTrainer
+    from ernie_style.testing.finetune import step_losses
+
+    config = run_config(
+        tmp_path / "c.yaml", encoder_dir, tmp_path / "run", ["sentiment", "wiki_pairs"], sharing,
+        options, epochs=1, balancing=balancing,
+    )  # fmt: skip
+    trainer = FinetuneTrainer(load_config(FinetuneConfig, config))
+    trainer.train()
+    losses = [value for _, value in step_losses(tmp_path / "run").values()]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
