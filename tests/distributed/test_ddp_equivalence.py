@@ -115,15 +115,18 @@ def finetune_tasks(tmp_path: Path) -> list[dict]:
         ("soft", {"tower_layers": 1, "tower_l2": 0.05}),
         ("cross_stitch", {"tower_layers": 1}),
         ("hard", {"reads_from": ["wiki_pairs"]}),  # asymmetric: sentiment reads the pairs head
+        ("hard", {"head_layer": 1}),  # selective: sentiment reads layer 1 of 2
+        ("mmoe", {"levels": 2, "dropout": 0.0}),
     ],
-    ids=["hard", "soft", "cross_stitch", "asymmetric"],
+    ids=["hard", "soft", "cross_stitch", "asymmetric", "selective", "multilevel_mmoe"],
 )
 def test_two_process_finetuning_equals_one_process(tmp_path, sharing, options):
     """Fine-tuning shards each global batch as indices[rank::world], so 1 and 2 processes
     train on the same global batches: losses and final weights must agree end to end
     (fp32, no dropout, uncertainty balancing whose log-variances are averaged over ranks).
-    Tower kinds too: unused towers, the L2 pull added once per step, cross-stitch units; and a
-    head reading another task's predictions (its source head unused in that step)."""
+    Tower kinds too: unused towers, the L2 pull added once per step, cross-stitch units; a
+    head reading another task's predictions (its source head unused in that step), a head on a
+    lower layer (the layers above unused by it) and a two-level MMoE."""
     encoder = make_encoder_dir(
         tmp_path / "encoder",
         hidden_size=32,
@@ -133,6 +136,8 @@ def test_two_process_finetuning_equals_one_process(tmp_path, sharing, options):
     tasks = finetune_tasks(tmp_path)
     options = dict(options)
     tasks[0]["reads_from"] = options.pop("reads_from", [])
+    if "head_layer" in options:
+        tasks[0]["head_layer"] = options.pop("head_layer")
     runs = {}
     for world in (1, 2):
         output = tmp_path / f"run{world}"
@@ -151,8 +156,8 @@ def test_two_process_finetuning_equals_one_process(tmp_path, sharing, options):
         if world == 2:
             launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
             launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-            port = 29547 + ["hard", "soft", "cross_stitch"].index(sharing)
-            port += 3 if tasks[0]["reads_from"] else 0
+            port = 29547 + ["hard", "soft", "cross_stitch", "mmoe"].index(sharing)
+            port += 4 if tasks[0]["reads_from"] else 8 if "head_layer" in tasks[0] else 0
             launch += ["--dynamo_backend", "no", "--main_process_port", str(port)]
             run([*launch, *cmd])
         else:
