@@ -51,7 +51,7 @@ def tokenizer(encoder_dir):
     return AutoTokenizer.from_pretrained(str(encoder_dir))
 
 
-def question_tasks() -> list[dict]:
+def question_tasks(with_pairs: bool = False) -> list[dict]:
     tasks = {t["name"]: t for t in shipped_tasks("sentiment", "wnut16")}
     tasks["sentiment"] |= {
         "question": "Is this review {labels}?",
@@ -61,13 +61,17 @@ def question_tasks() -> list[dict]:
         "question": "Which {type} is mentioned?",
         "label_words": {"geo-loc": "place"},
     }
+    pairs = shipped_tasks("wiki_pairs")[0] | {
+        "question": "Are both sentences from {labels} articles?",
+        "label_words": {"different": "different", "same": "the same"},
+    }
     qa = {
         "name": "wiki_qa",
         "type": "question_answering",
         "text_fields": ["question", "context"],
         "data": {s: str(QA_DATA / f"{s}.jsonl") for s in ("train", "dev", "test")},
     }
-    return [*tasks.values(), qa]
+    return [*tasks.values(), qa] + ([pairs] if with_pairs else [])
 
 
 def test_label_words_are_listed_and_located_in_the_question():
@@ -94,7 +98,9 @@ def perfect_logits(batch) -> torch.Tensor:
 def test_each_kind_of_question_round_trips_to_its_answer(encoder_dir, tokenizer, tmp_path):
     config = load_config(
         FinetuneConfig,
-        write_config(tmp_path / "c.yaml", encoder_dir, tmp_path, question_tasks(), max_seq_len=256),
+        write_config(
+            tmp_path / "c.yaml", encoder_dir, tmp_path, question_tasks(True), max_seq_len=256
+        ),
     )
     tasks = load_tasks(config, tokenizer)
     for name, task in tasks.items():
@@ -111,6 +117,9 @@ def test_each_kind_of_question_round_trips_to_its_answer(encoder_dir, tokenizer,
         answer = tokenizer.decode(first["input_ids"][first["labels"][0] : first["labels"][1] + 1])
         if name == "sentiment":  # the label word, pointed at in the question
             assert answer in ("negative", "positive") and rows[0][0] == rows[0][1]
+        if name == "wiki_pairs":  # a pair: both texts in the context, split by [SEP]
+            assert answer in ("different", "the same")
+            assert tokenizer.decode(first["input_ids"]).count("[SEP]") == 3
         if name == "wnut16":
             kinds = [e["kind"] for e in task.splits["dev"][:10]]
             assert "geo-loc" in kinds and len(set(kinds)) == 10  # one question per type
