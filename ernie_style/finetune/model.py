@@ -147,14 +147,6 @@ class MultiTaskModel(nn.Module):
             raise KeyError(f"batch task {task!r} has no head; tasks: {list(self.heads)}")
         return self.heads[task]
 
-    def encode(
-        self, task: str, batch: Mapping[str, Any], pooled: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The hidden states [B, T, H] the task's head reads (its tower, its `head_layer`, else
-        the top layer) and, when `pooled`, the pooled vector ([B, H])."""
-        out, mask = self._encoder_output(task, batch, {})
-        return self._view(task, out, mask, pooled)
-
     def _encoder_output(
         self, task: str, batch: Mapping[str, Any], cache: dict[Any, Any]
     ) -> tuple[Any, torch.Tensor | None]:

@@ -263,10 +263,11 @@ class FinetuneTrainer(TrainEngine):
         if not results:
             return
         score = sum(r["main"] for r in results.values()) / len(results)
+        stage, epoch = self.sampler.progress(self.step)
         record = {
             "step": self.step,
-            "epoch": self.sampler.progress(self.step)[1],
-            "stage": self.sampler.progress(self.step)[0],
+            "epoch": epoch,
+            "stage": stage,
             "score": score,
             "dev": {t: {"main": r["main"], **r["metrics"]} for t, r in results.items()},
         }
