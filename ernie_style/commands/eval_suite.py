@@ -2,6 +2,7 @@
 
 ernie-style eval-suite --encoder DIR|preset:NAME|random:DIR --suite configs/suites/cpu.yaml \
     --output runs/suite/NAME [--seeds N] [--tokenizer DIR]
+CUDA_VISIBLE_DEVICES=1 ernie-style eval-suite ...   # a second worker on the same --output
 ernie-style eval-suite --compare OUT_A OUT_B ... --output DIR [--labels A B ...]
 """
 
@@ -18,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fine-tune an encoder on a suite of tasks, several seeds; mean ± std table",
         description="Fine-tune an encoder on each task of a suite (and jointly, if the suite "
         "says so) for several seeds; writes results.md/json/png. Resumable: rerun the same "
-        "command after an interruption. --compare tabulates several such outputs side by side.",
+        "command after an interruption. Several workers (one per GPU or core) may run the same "
+        "command on one --output: each takes the runs no other worker holds. "
+        "--compare tabulates several such outputs side by side.",
     )
     parser.add_argument(
         "--encoder",
@@ -56,12 +59,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.encoder or not args.suite:
         raise SystemExit("eval-suite: --encoder and --suite are required (or --compare)")
-    from ernie_style.finetune.suite import load_suite, run_suite
-    from ernie_style.run_lock import locked_run
+    from ernie_style.finetune.suite import load_suite, run_suite, unfinished_runs
 
     suite = load_suite(args.suite)
     seeds = list(range(args.seeds or suite.seeds))
-    with locked_run(args.output, "eval-suite", what="--output", name_directory=True):
+    try:
         run_suite(
             suite,
             args.encoder,
@@ -71,6 +73,19 @@ def run(args: argparse.Namespace) -> int:
             suite_path=args.suite,
             launcher=args.launcher,
         )
-        suite_report.summarise(args.output, suite, seeds, args.encoder)
+    except OSError as error:  # a failed write naming no file: say where
+        if error.filename is None and error.errno and error.strerror:
+            raise OSError(error.errno, error.strerror, str(args.output)) from error
+        raise
+    pending = unfinished_runs(args.output, suite, seeds)
+    if pending:
+        print(
+            f"eval-suite: this worker is done; {len(pending)} run(s) not finished: "
+            + "; ".join(pending)
+            + ". The worker that finishes the last run writes the results (or rerun this "
+            "command once no worker is left)."
+        )
+        return 0
+    suite_report.summarise(args.output, suite, seeds, args.encoder)
     print((args.output / "results.md").read_text(encoding="utf-8"))
     return 0

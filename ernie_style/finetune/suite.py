@@ -15,12 +15,14 @@ A random encoder is initialised with the fine-tuning seed, so seeds also vary th
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ import yaml
 
 from ernie_style.config import from_dict, option, read_yaml
 from ernie_style.fileio import atomic_dir, atomic_write
+from ernie_style.run_lock import RunLock, RunLockedError
 
 #: FinetuneConfig keys a suite sets per run; its `finetune:` section may not set them.
 PER_RUN_KEYS = ("encoder", "tokenizer", "output_dir", "seed", "tasks")
@@ -216,28 +219,107 @@ def run_suite(
     suite_path: str = "",
     launcher: str = "",
 ) -> list[tuple[str, int, Path]]:
-    """Run (or resume) every (task, seed) of the suite on `encoder`; returns the run dirs."""
+    """Run (or resume) every (task, seed) of the suite on `encoder` that no other worker holds;
+    returns the finished runs (by any worker), in plan order.
+
+    Several workers may share `out` (one per GPU or core: `CUDA_VISIBLE_DEVICES=i ernie-style
+    eval-suite ...` with the same arguments): each claims a run with a lock next to its folder
+    (`claim_run`) before starting it and skips runs another live worker holds, so the runs are
+    shared out without a coordinator. A run a worker left unfinished (killed) is unclaimed
+    again and taken, resumed from its checkpoint, by whichever worker passes it next.
+    """
     from tqdm.auto import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
-    check_same_inputs(
-        out,
-        {"encoder": encoder, "tokenizer": tokenizer, "suite": suite_path, "tasks": suite.tasks}
-        | {"finetune": suite.finetune, "task_overrides": suite.task_overrides},
-    )
-    done = []
+    record = {"encoder": encoder, "tokenizer": tokenizer, "suite": suite_path, "tasks": suite.tasks}
+    with suite_mutex(out):
+        check_same_inputs(
+            out, record | {"finetune": suite.finetune, "task_overrides": suite.task_overrides}
+        )
     plan = planned_runs(suite, seeds)
-    bar = tqdm(plan, desc=f"suite {suite.name or suite_path}", unit="run")
-    for name, seed in bar:
+    bar = tqdm(total=len(plan), desc=f"suite {suite.name or suite_path}", unit="run")
+    took = True
+    while took:  # again until a pass takes nothing: picks up runs a killed worker left
+        took = False
+        for name, seed in plan:
+            run = run_dir(out, name, seed)
+            if is_finished(run):
+                continue
+            try:
+                claim = claim_run(run)
+            except RunLockedError:  # another worker runs it
+                continue
+            with claim:
+                if is_finished(run):  # finished by another worker since we looked
+                    continue
+                bar.set_postfix_str(f"{name} seed {seed}")
+                run_claimed(suite, encoder, out, name, seed, tokenizer, launcher)
+                took = True
+            bar.n = sum(is_finished(run_dir(out, n, s)) for n, s in plan)
+            bar.refresh()
+    bar.close()
+    return [(n, s, run_dir(out, n, s)) for n, s in plan if is_finished(run_dir(out, n, s))]
+
+
+def run_claimed(
+    suite: SuiteConfig,
+    encoder: str,
+    out: Path,
+    name: str,
+    seed: int,
+    tokenizer: str | None,
+    launcher: str,
+) -> None:
+    """Fine-tune (or resume) the run of `name` and `seed`, which this worker has claimed."""
+    run = run_dir(out, name, seed)
+    with suite_mutex(out):  # two workers of one seed must not both write its random encoder
+        path = materialise_encoder(encoder, out, seed, tokenizer)
+    tasks = suite.tasks if name == JOINT else [t for t in suite.tasks if t["name"] == name]
+    config = suite.run_config(tasks, str(path), seed, str(run))
+    if tokenizer and not encoder.startswith("preset:"):
+        config["tokenizer"] = tokenizer
+    seconds = run_one(config, out / "logs" / f"{name}-seed-{seed}.log", launcher)
+    if not is_finished(run):
+        raise RuntimeError(f"fine-tuning {run} ended without writing {run / 'metrics.json'}")
+    atomic_write(run / "suite_timing.json", json.dumps({"seconds": seconds}) + "\n")
+
+
+def is_finished(run: Path) -> bool:
+    """Whether the fine-tuning run in `run` has finished (it wrote its test metrics)."""
+    return (run / "metrics.json").is_file()
+
+
+def claim_run(run: Path) -> RunLock:
+    """Take this worker's claim on `run` (a lock file beside it; the fine-tuning child locks the
+    folder itself); raises `RunLockedError` naming the holder if another worker has it."""
+    claim = RunLock(run, "eval-suite", what="suite run", path=run.parent / f".{run.name}.claim")
+    return claim.acquire()
+
+
+def unfinished_runs(out: Path, suite: SuiteConfig, seeds: Sequence[int]) -> list[str]:
+    """The runs of the plan not finished yet, each as `task seed N` plus `(running: holder)`
+    when another worker holds it now; a finished run whose worker has not yet recorded its
+    timing (still holds the claim) counts as unfinished, so only the last worker summarises."""
+    pending = []
+    for name, seed in planned_runs(suite, seeds):
         run = run_dir(out, name, seed)
-        bar.set_postfix_str(f"{name} seed {seed}")
-        if not (run / "metrics.json").is_file():
-            path = materialise_encoder(encoder, out, seed, tokenizer)
-            tasks = suite.tasks if name == JOINT else [t for t in suite.tasks if t["name"] == name]
-            config = suite.run_config(tasks, str(path), seed, str(run))
-            if tokenizer and not encoder.startswith("preset:"):
-                config["tokenizer"] = tokenizer
-            seconds = run_one(config, out / "logs" / f"{name}-seed-{seed}.log", launcher)
-            atomic_write(run / "suite_timing.json", json.dumps({"seconds": seconds}) + "\n")
-        done.append((name, seed, run))
-    return done
+        try:
+            claim_run(run).release()
+            held = ""
+        except RunLockedError as error:
+            held = f" (running: {error})"
+        if held or not is_finished(run):
+            pending.append(f"{name} seed {seed}{held}")
+    return pending
+
+
+@contextmanager
+def suite_mutex(out: Path) -> Iterator[None]:
+    """Hold the suite folder's short-lived mutex (blocking): the input record and random
+    encoders are written by one worker at a time."""
+    with open(out / ".suite.mutex", "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

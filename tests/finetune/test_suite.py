@@ -146,12 +146,10 @@ def test_run_suite_end_to_end_resumes_and_summarises(tmp_path, monkeypatch):
     # Rerun: finished runs are reused; only a run without metrics.json runs again.
     (out / "runs/doc_similarity/seed-1/metrics.json").unlink()
     ran = []
-    monkeypatch.setattr(
-        suite_module, "run_one", lambda config, log, launcher: ran.append(config) or 1.0
-    )
+    monkeypatch.setattr(suite_module, "run_one", fake_run_one(ran))
     run_suite(suite, str(encoder), out, [0, 1], suite_path=str(suite_path))
-    assert [(c["tasks"][0]["name"], c["seed"]) for c in ran] == [("doc_similarity", 1)]
-    assert ran[0]["output_dir"] == str(out / "runs/doc_similarity/seed-1")
+    assert [(task, seed) for _, task, seed in ran] == [("doc_similarity", 1)]
+    assert (out / "runs/doc_similarity/seed-1/metrics.json").is_file()
     # Another encoder in the same output folder is refused (results would mix).
     with pytest.raises(ValueError, match="another encoder"):
         run_suite(suite, str(tmp_path / "other"), out, [0], suite_path=str(suite_path))
@@ -165,18 +163,16 @@ def test_joint_run_trains_all_tasks_at_once(tmp_path, monkeypatch):
         tasks=shipped_tasks("sentiment", "wiki_pairs"),
     )
     suite.validate()
-    ran = []
-    monkeypatch.setattr(
-        suite_module, "run_one", lambda config, log, launcher: ran.append(config) or 1.0
-    )
+    configs = []
+    monkeypatch.setattr(suite_module, "run_one", fake_run_one([], configs=configs))
     encoder = make_encoder_dir(tmp_path / "enc", vocab_size=300)
     run_suite(suite, str(encoder), tmp_path / "out", [0])
-    assert [[t["name"] for t in c["tasks"]] for c in ran] == [
+    assert [[t["name"] for t in c["tasks"]] for c in configs] == [
         ["sentiment"],
         ["wiki_pairs"],
         ["sentiment", "wiki_pairs"],
     ]
-    assert ran[2]["output_dir"] == str(tmp_path / "out/runs/joint/seed-0")
+    assert configs[2]["output_dir"] == str(tmp_path / "out/runs/joint/seed-0")
 
 
 def test_paired_differences_and_comparison_tables(tmp_path):
@@ -238,3 +234,119 @@ def test_task_overrides_apply_to_that_task_alone(tmp_path):
         SuiteConfig(tasks=suite.tasks, task_overrides={"sentiment": {"seed": 1}}).validate()
     with pytest.raises(ValueError, match=r"tasks\[1\] \(wiki_pairs\):.*epochs"):
         SuiteConfig(tasks=suite.tasks, task_overrides={"wiki_pairs": {"epochs": 0}}).validate()
+
+
+def fake_run_one(ran: list, delay: float = 0.0, on_run=None, configs: list | None = None):
+    """A stand-in for `run_one` that records (worker thread, task, seed) (and the configs) and
+    writes the test metrics a finished run leaves, after `delay` seconds (so concurrent workers
+    overlap); `on_run(count)` is called as each run starts."""
+    import threading
+    import time
+
+    def run_one(config, log, launcher):
+        name = "joint" if len(config["tasks"]) > 1 else config["tasks"][0]["name"]
+        ran.append((threading.current_thread().name, name, config["seed"]))
+        if configs is not None:
+            configs.append(config)
+        if on_run is not None:
+            on_run(len(ran))
+        time.sleep(delay)
+        run = Path(config["output_dir"])
+        run.mkdir(parents=True, exist_ok=True)
+        scores = {"test": {"accuracy": 0.5 + config["seed"] / 10}, "dev": {"accuracy": 0.5}}
+        metrics = {task["name"]: scores for task in config["tasks"]}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        return 1.0
+
+    return run_one
+
+
+def test_two_workers_on_one_output_share_the_runs_each_run_once(tmp_path, monkeypatch):
+    import threading
+
+    suite = SuiteConfig(name="w", finetune={"epochs": 1}, tasks=shipped_tasks("sentiment"))
+    suite.validate()
+    ran: list = []
+    monkeypatch.setattr(suite_module, "run_one", fake_run_one(ran, delay=0.15))
+    encoder = make_encoder_dir(tmp_path / "enc", vocab_size=300)
+    seeds = [0, 1, 2, 3, 4, 5]
+    results = {}
+
+    def worker() -> None:
+        name = threading.current_thread().name
+        results[name] = run_suite(suite, str(encoder), tmp_path / "out", seeds)
+
+    threads = [threading.Thread(target=worker, name=f"w{i}") for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(seed for _, _, seed in ran) == seeds  # every run once, none twice
+    assert {worker for worker, _, _ in ran} == {"w0", "w1"}  # both took a share
+    finished = [[seed for _, seed, _ in done] for done in results.values()]
+    assert max(finished, key=len) == seeds  # the last worker to stop saw every run finished
+    assert suite_module.unfinished_runs(tmp_path / "out", suite, seeds) == []
+
+
+def test_a_held_run_is_skipped_and_taken_once_its_worker_is_gone(tmp_path, monkeypatch):
+    suite = SuiteConfig(name="w", finetune={"epochs": 1}, tasks=shipped_tasks("sentiment"))
+    suite.validate()
+    encoder = make_encoder_dir(tmp_path / "enc", vocab_size=300)
+    out = tmp_path / "out"
+    ran: list = []
+    monkeypatch.setattr(suite_module, "run_one", fake_run_one(ran))
+    other = suite_module.claim_run(suite_module.run_dir(out, "sentiment", 1))
+    try:
+        done = run_suite(suite, str(encoder), out, [0, 1, 2])
+        assert [seed for _, _, seed in ran] == [0, 2]
+        assert [seed for _, seed, _ in done] == [0, 2]
+        pending = suite_module.unfinished_runs(out, suite, [0, 1, 2])
+        assert len(pending) == 1 and pending[0].startswith("sentiment seed 1 (running: ")
+        assert f"pid {__import__('os').getpid()}" in pending[0]  # names the holder
+    finally:
+        other.release()
+    # The other worker dies while this one runs seed 2 (seed 1 skipped): a second pass takes it.
+    ran.clear()
+    out2 = tmp_path / "out2"
+    other = suite_module.claim_run(suite_module.run_dir(out2, "sentiment", 1))
+    on_run = lambda count: other.release() if count == 2 else None  # noqa: E731
+    monkeypatch.setattr(suite_module, "run_one", fake_run_one(ran, on_run=on_run))
+    done = run_suite(suite, str(encoder), out2, [0, 1, 2])
+    assert [seed for _, _, seed in ran] == [0, 2, 1]
+    assert [seed for _, seed, _ in done] == [0, 1, 2]
+    # Another worker finishes seed 1 between our look and our claim: it is not run again.
+    ran.clear()
+    out3 = tmp_path / "out3"
+    claim_run = suite_module.claim_run
+
+    def finished_by_another_worker_meanwhile(run: Path):
+        if run.name == "seed-1":
+            fake_run_one([])({"output_dir": str(run), "tasks": suite.tasks, "seed": 1}, None, "")
+        return claim_run(run)
+
+    monkeypatch.setattr(suite_module, "claim_run", finished_by_another_worker_meanwhile)
+    done = run_suite(suite, str(encoder), out3, [0, 1, 2])
+    assert [seed for _, _, seed in ran] == [0, 2]
+    assert [seed for _, seed, _ in done] == [0, 1, 2]
+
+
+def test_cli_summarises_only_when_no_run_is_left(tmp_path, monkeypatch, capsys):
+    from ernie_style.cli import main
+
+    suite_path = write_suite(tmp_path / "s.yaml", shipped_tasks("sentiment"), seeds=2)
+    encoder = make_encoder_dir(tmp_path / "enc", vocab_size=300)
+    out = tmp_path / "out"
+    monkeypatch.setattr(suite_module, "run_one", fake_run_one([]))
+    argv = ["eval-suite", "--encoder", str(encoder), "--suite", str(suite_path)]
+    argv += ["--output", str(out)]
+    other = suite_module.claim_run(suite_module.run_dir(out, "sentiment", 1))
+    try:
+        assert main(argv) == 0
+    finally:
+        other.release()
+    assert "1 run(s) not finished: sentiment seed 1 (running: " in capsys.readouterr().out
+    assert not (out / "results.json").exists()
+    assert main(argv) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["summary"]["sentiment"]["test"]["n"] == 2
+    assert result["summary"]["sentiment"]["test"]["mean"] == pytest.approx(0.55)
