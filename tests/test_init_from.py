@@ -56,6 +56,29 @@ def test_a_bert_checkpoint_maps_weight_for_weight(tmp_path):
     torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
 
 
+def test_an_ernie_checkpoint_with_task_embeddings_loads_as_it_is_with_its_mlm_head(tmp_path):
+    from transformers import ErnieConfig, ErnieForMaskedLM
+
+    torch.manual_seed(6)
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    config = ErnieConfig(vocab_size=90, use_task_id=True, task_type_vocab_size=4, **sizes)
+    saved = ErnieForMaskedLM(config).eval()
+    saved.save_pretrained(str(tmp_path / "ernie"))
+    ernie, head = _load(tmp_path / "ernie")
+    for name, tensor in saved.ernie.state_dict().items():
+        assert torch.equal(ernie.state_dict()[name], tensor), name
+    predictions = saved.cls.predictions
+    assert set(head) == {
+        "transform.dense.weight",
+        "transform.dense.bias",
+        "transform.LayerNorm.weight",
+        "transform.LayerNorm.bias",
+        "bias",
+    }
+    assert torch.equal(head["transform.LayerNorm.weight"], predictions.transform.LayerNorm.weight)
+    assert torch.equal(head["bias"], predictions.bias)
+
+
 def test_encoder_config_is_the_loaded_architecture_from_config_json_alone(tmp_path):
     _bert(tmp_path / "bert", 120)
     expected = load_encoder_checkpoint(tmp_path / "bert")[0].config.to_dict()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import ErnieConfig, ErnieModel
 
@@ -65,7 +66,7 @@ def load_encoder_checkpoint(path: str | Path) -> tuple[ErnieModel, dict[str, tor
         model = ErnieModel.from_pretrained(
             str(path), config=config, local_files_only=True, use_safetensors=True
         )
-        return model, _mlm_head(_read_weights(path, key))
+        return model, _mlm_head(_read_weights(path, key, only=set(_MLM_HEAD)))
     model = ErnieModel(config)
     weights = _read_weights(path, key)
     _load_bert_encoder(model, weights, path, key)
@@ -114,13 +115,19 @@ def _mapped_config(raw: dict[str, Any], path: Path, key: str) -> ErnieConfig:
     )
 
 
-def _read_weights(path: Path, key: str) -> dict[str, torch.Tensor]:
+def _read_weights(path: Path, key: str, only: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors (only those named in `only`, read lazily, when given)."""
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise ValueError(f"{key}: {path} has no *.safetensors weights")
     weights: dict[str, torch.Tensor] = {}
     for file in files:
-        weights |= load_file(str(file))
+        if only is None:
+            weights |= load_file(str(file))
+            continue
+        with safe_open(str(file), framework="pt") as handle:
+            names = only & set(handle.keys())
+            weights |= {name: handle.get_tensor(name) for name in names}
     return weights
 
 
