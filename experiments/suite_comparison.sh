@@ -5,6 +5,8 @@
 # initialised on the CPU suite (SEEDS seeds each) and compare them.
 # Resumable: every piece reuses what is finished; rerun it after an interruption.
 #   PRESET=tiny nohup bash experiments/suite_comparison.sh > runs/experiments/tiny.log 2>&1 &
+# PRETRAIN_ONLY=1 stops after pretraining. Once pretraining is done, a second copy of the script
+# started beside the first shares the suites' runs with it (eval-suite workers, one per core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -13,10 +15,12 @@ SEEDS=${SEEDS:-3}
 OUT=runs/experiments/real_$PRESET
 $PY experiments/real_corpus.py --out runs/experiments/real_corpus
 for variant in mlm_only continual multitask; do
+    [ -f "$OUT/$variant/seed-0/release/config.json" ] && continue
     $PY experiments/ernie2_comparisons.py --corpus runs/experiments/real_corpus/corpus \
         --out $OUT --preset "$PRESET" --steps 7000 --seeds 0 --variants $variant \
         --pretrain-only --heldout-documents 100 --lr 5e-4 --warmup-steps 250
 done
+[ -n "${PRETRAIN_ONLY:-}" ] && exit 0
 suite() {  # suite NAME ENCODER [ARGS]
     .venv/bin/ernie-style eval-suite --encoder "$2" --suite configs/suites/cpu.yaml \
         --output "$OUT/suite/$1" --seeds "$SEEDS" "${@:3}"
