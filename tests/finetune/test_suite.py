@@ -267,7 +267,7 @@ def test_two_workers_on_one_output_share_the_runs_each_run_once(tmp_path, monkey
     suite = SuiteConfig(name="w", finetune={"epochs": 1}, tasks=shipped_tasks("sentiment"))
     suite.validate()
     ran: list = []
-    monkeypatch.setattr(suite_module, "run_one", fake_run_one(ran, delay=0.15))
+    monkeypatch.setattr(suite_module, "run_one", fake_run_one(ran, delay=0.3))
     encoder = make_encoder_dir(tmp_path / "enc", vocab_size=300)
     seeds = [0, 1, 2, 3, 4, 5]
     results = {}
