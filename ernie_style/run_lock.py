@@ -208,19 +208,31 @@ def locked_run(
 ) -> Iterator[RunLock | None]:
     """Hold `RunLock(directory, ...)` on global rank 0 for the body (other ranks take none).
 
-    With `name_directory` (for commands that write only under `directory`), an OSError from the
-    body that names no file (a write to an open log file failing with "No space left on
-    device", say) is re-raised naming `directory`, so the CLI's one-line message says where.
+    With `name_directory`, OSErrors of the body that name no file name `directory`
+    (`oserrors_name`).
     """
     lock = RunLock(directory, command, what, path) if is_global_rank_zero() else None
     if lock is not None:
         lock.acquire()
     try:
-        yield lock
-    except OSError as error:
-        if name_directory and error.filename is None and error.errno and error.strerror:
-            raise OSError(error.errno, error.strerror, str(directory)) from error
-        raise
+        if name_directory:
+            with oserrors_name(directory):
+                yield lock
+        else:
+            yield lock
     finally:
         if lock is not None:
             lock.release()
+
+
+@contextmanager
+def oserrors_name(directory: str | Path) -> Iterator[None]:
+    """Re-raise an OSError of the body that names no file (a write to an open log file failing
+    with "No space left on device", say) naming `directory`, so the CLI's one-line message says
+    where; for commands that write only under `directory`."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None and error.errno and error.strerror:
+            raise OSError(error.errno, error.strerror, str(directory)) from error
+        raise

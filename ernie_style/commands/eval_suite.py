@@ -60,10 +60,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.encoder or not args.suite:
         raise SystemExit("eval-suite: --encoder and --suite are required (or --compare)")
     from ernie_style.finetune.suite import load_suite, run_suite, unfinished_runs
+    from ernie_style.run_lock import oserrors_name
 
     suite = load_suite(args.suite)
     seeds = list(range(args.seeds or suite.seeds))
-    try:
+    with oserrors_name(args.output):  # workers share --output: claims per run, no lock on it
         run_suite(
             suite,
             args.encoder,
@@ -73,10 +74,6 @@ def run(args: argparse.Namespace) -> int:
             suite_path=args.suite,
             launcher=args.launcher,
         )
-    except OSError as error:  # a failed write naming no file: say where
-        if error.filename is None and error.errno and error.strerror:
-            raise OSError(error.errno, error.strerror, str(args.output)) from error
-        raise
     pending = unfinished_runs(args.output, suite, seeds)
     if pending:
         print(
