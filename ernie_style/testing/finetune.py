@@ -19,6 +19,7 @@ __all__ = [
     "ROOT",
     "finetune_texts",
     "make_encoder_dir",
+    "run_suite_workers",
     "shipped_tasks",
     "step_losses",
     "write_config",
@@ -102,3 +103,30 @@ def step_losses(run_dir: Path) -> dict[int, tuple[str, float]]:
     """The losses of a fine-tuning run's train_loss.csv: step -> (task, loss)."""
     with (run_dir / "train_loss.csv").open(encoding="utf-8") as handle:
         return {int(r["step"]): (r["task"], float(r["loss"])) for r in csv.DictReader(handle)}
+
+
+def run_suite_workers(count: int, *args: Any, **kwargs: Any) -> dict[str, list]:
+    """`run_suite(*args, **kwargs)` on `count` threads named w0, w1, ... at once: eval-suite
+    workers sharing one output, as one per core would. Returns each worker's finished runs by
+    thread name; a worker's error is re-raised here, in the caller's thread."""
+    import threading
+
+    from ernie_style.finetune.suite import run_suite
+
+    results: dict[str, list] = {}
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            results[threading.current_thread().name] = run_suite(*args, **kwargs)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, name=f"w{i}") for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results

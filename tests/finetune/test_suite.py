@@ -14,7 +14,7 @@ from ernie_style.finetune import suite as suite_module
 from ernie_style.finetune.suite import SuiteConfig, load_suite, materialise_encoder, run_suite
 from ernie_style.finetune.suite_report import compare, mean_std, paired, summarise
 from ernie_style.testing import ROOT
-from ernie_style.testing.finetune import make_encoder_dir, shipped_tasks
+from ernie_style.testing.finetune import make_encoder_dir, run_suite_workers, shipped_tasks
 
 SHIPPED = ROOT / "configs" / "suites" / "cpu.yaml"
 
@@ -262,25 +262,13 @@ def fake_run_one(ran: list, delay: float = 0.0, on_run=None, configs: list | Non
 
 
 def test_two_workers_on_one_output_share_the_runs_each_run_once(tmp_path, monkeypatch):
-    import threading
-
     suite = SuiteConfig(name="w", finetune={"epochs": 1}, tasks=shipped_tasks("sentiment"))
     suite.validate()
     ran: list = []
     monkeypatch.setattr(suite_module, "run_one", fake_run_one(ran, delay=0.3))
     encoder = make_encoder_dir(tmp_path / "enc", vocab_size=300)
     seeds = [0, 1, 2, 3, 4, 5]
-    results = {}
-
-    def worker() -> None:
-        name = threading.current_thread().name
-        results[name] = run_suite(suite, str(encoder), tmp_path / "out", seeds)
-
-    threads = [threading.Thread(target=worker, name=f"w{i}") for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = run_suite_workers(2, suite, str(encoder), tmp_path / "out", seeds)
     assert sorted(seed for _, _, seed in ran) == seeds  # every run once, none twice
     assert {worker for worker, _, _ in ran} == {"w0", "w1"}  # both took a share
     finished = [[seed for _, seed, _ in done] for done in results.values()]

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
-import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ernie_style.finetune.suite import SuiteConfig, run_suite
+from ernie_style.finetune.suite import SuiteConfig
 from ernie_style.testing import ROOT
+from ernie_style.testing.finetune import run_suite_workers
 
 SHIPPED = ROOT / "configs" / "suites" / "cpu.yaml"
 
@@ -56,21 +56,7 @@ def test_shipped_defaults_do_not_collapse_to_one_class(tmp_path, monkeypatch):
     # Two eval-suite workers on one output, one thread each (the way a 2-core machine runs a
     # suite fastest); the runs and their results are the same as one worker's.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        try:
-            run_suite(suite, "preset:tiny", out, [0], tokenizer=str(tmp_path / "tokenizer"))
-        except BaseException as error:  # re-raised below, in the test's thread
-            errors.append(error)
-
-    workers = [threading.Thread(target=worker) for _ in range(2)]
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join()
-    if errors:
-        raise errors[0]
+    run_suite_workers(2, suite, "preset:tiny", out, [0], tokenizer=str(tmp_path / "tokenizer"))
     for task in tasks:
         name = task["name"]
         if task["type"] == "token_classification":
