@@ -32,28 +32,39 @@ def _load(path: Path):
     return load_encoder_checkpoint(path)
 
 
-def test_a_bert_checkpoint_maps_weight_for_weight(tmp_path):
+def test_a_bert_checkpoint_maps_weight_for_weight_and_step_0_is_the_checkpoint(tmp_path):
     bert = _bert(tmp_path / "bert", 120)
     ernie, head = _load(tmp_path / "bert")
     assert ernie.config.hidden_size == 32 and ernie.config.use_task_id
     ours = ernie.state_dict()
     for name, tensor in bert.bert.state_dict().items():
         if name == "embeddings.token_type_embeddings.weight":
-            assert torch.equal(ours[name][:2], tensor)  # BERT's two segments, then fresh rows
+            assert torch.equal(ours[name][:2], tensor)  # BERT's two segments
             assert ours[name].shape[0] == MAX_SEGMENTS
+            for extra in range(2, MAX_SEGMENTS):  # ERNIE's extra segments start as segment 0
+                assert torch.equal(ours[name][extra], tensor[0])
         elif name != "embeddings.position_ids":
             assert torch.equal(ours[name], tensor), name
+    # ERNIE's task embeddings start at zero: every task computes what BERT computes.
+    assert not ours["embeddings.task_type_embeddings.weight"].any()
     predictions = bert.cls.predictions
     assert torch.equal(head["transform.dense.weight"], predictions.transform.dense.weight)
     assert torch.equal(head["bias"], predictions.bias)
-    # With the (new) task embedding zeroed, the ERNIE encoder computes what BERT computes.
     ernie.eval()
+    ids = torch.randint(5, 120, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    segments = (torch.arange(9) >= 4).long().expand(2, -1)
     with torch.no_grad():
-        ernie.embeddings.task_type_embeddings.weight.zero_()
-        ids = torch.randint(5, 120, (2, 9))
-        theirs = bert.bert(input_ids=ids).last_hidden_state
-        mine = ernie(input_ids=ids, task_type_ids=torch.zeros_like(ids)).last_hidden_state
-    torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+        theirs = bert.bert(input_ids=ids, attention_mask=mask, token_type_ids=segments)
+        for task in (0, 3):  # any task id: the rows are all zero
+            mine = ernie(
+                input_ids=ids,
+                attention_mask=mask,
+                token_type_ids=segments,
+                task_type_ids=torch.full_like(ids, task),
+            )
+            assert torch.equal(mine.last_hidden_state, theirs.last_hidden_state)
 
 
 def test_an_ernie_checkpoint_with_task_embeddings_loads_as_it_is_with_its_mlm_head(tmp_path):
@@ -144,3 +155,51 @@ def test_pretraining_continues_a_bert_checkpoint_with_its_own_tokenizer(small_co
     original = bert.cls.predictions.transform.dense.weight
     assert not torch.equal(trained, original)
     assert (trained - original).abs().max() < 0.1
+
+
+@pytest.mark.slow
+def test_a_continued_run_at_lr_near_zero_releases_the_checkpoint_bit_for_bit(
+    small_corpus, tmp_path
+):
+    """Step 0 *is* the checkpoint, as trained and as exported: three steps of every kind of task
+    at a vanishing LR give a release whose stock `transformers` outputs equal the original's."""
+    from transformers import AutoModel, BertModel
+
+    from ernie_style.tokenizer import load_tokenizer
+
+    encoder = tmp_path / "bert"
+    tokenizer = load_tokenizer(small_corpus / "tokenizer")
+    _bert(encoder, len(tokenizer))
+    for file in (small_corpus / "tokenizer").iterdir():
+        shutil.copy(file, encoder / file.name)
+    config = write_config(
+        tmp_path / "c.yaml",
+        small_corpus,
+        tmp_path / "run",
+        model={"preset": "tiny", "init_from": str(encoder), "dropout": 0.0},
+        data__tokenizer=str(encoder),
+        tasks={  # task ids 0, 1 and 3 (sentence reordering: segments 0-3)
+            "knowledge_masking": {"budget": 1},
+            "capitalization": {"budget": 1},
+            "sentence_reordering": {"budget": 1},
+        },
+        optim={"lr": 1e-30},
+        precision="fp32",
+    )
+    result = subprocess.run(pretrain_cmd(config), capture_output=True, text=True, env=child_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    release = tmp_path / "release"
+    export = [*pretrain_cmd(config)[:3], "export", "--run", str(tmp_path / "run"), "--output"]
+    subprocess.run([*export, str(release)], check=True, capture_output=True, env=child_env())
+    original = BertModel.from_pretrained(str(encoder)).eval()
+    released = AutoModel.from_pretrained(str(release)).eval()
+    assert type(released).__name__ == "ErnieModel"
+    batch = tokenizer(
+        ["the city is in the north of the country.", "a river runs through it"],
+        ["it was founded long ago.", "and it is long"],
+        padding=True,
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        expected = original(**batch).last_hidden_state
+        assert torch.equal(released(**batch).last_hidden_state, expected)

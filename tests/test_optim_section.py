@@ -33,9 +33,49 @@ def test_both_run_configs_read_the_same_optimizer_keys():
     assert names == list(OPTIM_KEYS)
     assert [f.name for f in dataclasses.fields(p_optim.default_factory())] == names
     assert [f.name for f in dataclasses.fields(f_optim.default_factory())] == names
-    # Only the defaults differ: pretraining warms up by steps, fine-tuning by a share.
-    assert PretrainOptim().warmup(1000) == 100 and FinetuneOptim().warmup(1000) == 100
-    assert FinetuneOptim().warmup(50) == 5 and PretrainOptim().lr > FinetuneOptim().lr
+    # Only the defaults differ: pretraining's peak LR and warm-up are chosen by the run config
+    # (from scratch or continued, below); fine-tuning warms up by a share.
+    assert PretrainOptim().lr is None and PretrainOptim().warmup_steps is None
+    assert FinetuneOptim().warmup(1000) == 100 and FinetuneOptim().warmup(50) == 5
+
+
+def _pretrain(tmp_path, **top) -> PretrainConfig:
+    path = tmp_path / "pretrain.yaml"
+    data = {"data": {"corpus": "c"}, "tasks": {"knowledge_masking": {"budget": 5}}}
+    path.write_text(yaml.safe_dump(data | top))
+    return load_config(PretrainConfig, path)
+
+
+def test_unset_pretraining_keys_take_from_scratch_or_continued_values_and_explicit_ones_win(
+    tmp_path,
+):
+    scratch = _pretrain(tmp_path)
+    assert (scratch.optim.lr, scratch.optim.warmup_steps, scratch.optim.warmup_ratio) == (
+        5e-4,
+        100,
+        0.0,
+    )
+    assert scratch.schedule.restart_warmup_each_stage is True
+    assert "from-scratch" in scratch.describe_defaults()
+    continued = _pretrain(tmp_path, model={"init_from": "enc"})
+    assert (continued.optim.lr, continued.optim.warmup_steps) == (1e-4, None)
+    assert continued.optim.warmup_ratio == 0.1
+    assert continued.schedule.restart_warmup_each_stage is False
+    line = continued.describe_defaults()
+    assert "model.init_from is set" in line and "optim.lr=0.0001" in line
+    # Explicit settings win, and only what was left unset is reported as chosen.
+    mixed = _pretrain(
+        tmp_path,
+        model={"init_from": "enc"},
+        optim={"lr": 3e-5, "warmup_steps": 7},
+        schedule={"restart_warmup_each_stage": True},
+    )
+    assert (mixed.optim.lr, mixed.optim.warmup_steps, mixed.optim.warmup_ratio) == (3e-5, 7, 0.0)
+    assert mixed.schedule.restart_warmup_each_stage is True
+    assert mixed.chosen_defaults == {} and mixed.describe_defaults() == ""
+    ratio = _pretrain(tmp_path, model={"init_from": "enc"}, optim={"warmup_ratio": 0.2})
+    assert (ratio.optim.warmup_steps, ratio.optim.warmup_ratio, ratio.optim.lr) == (None, 0.2, 1e-4)
+    assert set(ratio.chosen_defaults) == {"optim.lr", "schedule.restart_warmup_each_stage"}
 
 
 def test_nested_fine_tuning_optimizer_keys_load_without_a_warning(tmp_path, recwarn):

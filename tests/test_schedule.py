@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -113,6 +115,19 @@ def test_lr_warms_up_and_decays_within_each_stage():
     assert factors[99] < 0.02 and factors[100] == pytest.approx(0.1)  # restart at stage 2
     once = StageLR(schedule, warmup_steps=10, kind="cosine", per_stage=False)
     assert once.factor(100) > 0.4 and once.factor(199) < 0.01
+
+
+def test_continued_pretraining_defaults_warm_up_once_and_no_short_stage_starts_at_the_peak():
+    """Issue 25: with per-stage restarts a 1-step stage trained at the full LR from its first
+    step; the continued-pretraining schedule (a share of the run, once) never starts at it."""
+    schedule = ContinualSchedule([{"a": 8}, {"a": 1, "b": 3}, {"b": 0, "c": 1}], seed=0)
+    assert [schedule.stage_length(s) for s in range(3)] == [8, 4, 1]
+    restarted = StageLR(schedule, warmup_steps=100, kind="linear", per_stage=True)
+    assert restarted.factor(12) == 1.0  # the old default: the 1-step stage at the peak
+    continued = StageLR(schedule, None, "linear", per_stage=False, warmup_ratio=0.1)
+    factors = [continued.factor(s) for s in range(13)]
+    assert factors[0] == pytest.approx(0.5) and factors[1] == 1.0  # ceil(1.3) = 2 warm-up steps
+    assert all(b <= a for a, b in itertools.pairwise(factors[1:]))  # then it decays
 
 
 @pytest.mark.parametrize("k", [2, 3])

@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         from ernie_style.precision import describe_for_this_machine
 
         print(dump_yaml(config))
+        if config.describe_defaults():
+            print(config.describe_defaults())
         print(describe_for_this_machine(config.precision))
         if args.resume:
             _resume_plan(config, schedule, args.resume)

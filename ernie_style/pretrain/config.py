@@ -105,7 +105,11 @@ class ScheduleSection:
     mixed_batches: bool = option(False, "several tasks per step (each a sub-batch) instead of one")
     tasks_per_step: int = option(2, "with mixed_batches: tasks sampled per step")
     mlm_every_step: bool = option(False, "add a knowledge-masking batch to every step")
-    restart_warmup_each_stage: bool = option(True, "LR warm-up and decay restart at each stage")
+    restart_warmup_each_stage: bool | None = option(
+        None,
+        "LR warm-up and decay restart at each stage (unset: yes from scratch, as ERNIE 2.0; no "
+        "with model.init_from: one warm-up and decay over the run)",
+    )
     stages: str | list[list[str]] | None = option(
         None,
         "curriculum: none = ERNIE's growth (each task joins at its first_stage and stays); "
@@ -162,6 +166,22 @@ def _checked_stage_sets(stages: list[list[str]], tasks: list[str]) -> list[list[
     return [list(stage) for stage in stages]
 
 
+#: Values `PretrainConfig` chooses for optimizer and schedule keys left unset, from scratch and
+#: when continuing a trained encoder (`model.init_from`). Continued pretraining follows
+#: domain-adaptive pretraining (Gururangan et al., 2020: peak 1e-4, a warm-up share of the run)
+#: instead of a from-scratch peak that would move a trained encoder far in its first steps.
+SCRATCH_DEFAULTS: dict[str, Any] = {
+    "optim.lr": 5e-4,
+    "optim.warmup_steps": 100,
+    "schedule.restart_warmup_each_stage": True,
+}
+CONTINUED_DEFAULTS: dict[str, Any] = {
+    "optim.lr": 1e-4,
+    "optim.warmup_ratio": 0.1,
+    "schedule.restart_warmup_each_stage": False,
+}
+
+
 @dataclass
 class PretrainConfig:
     """A continual multi-task pretraining run."""
@@ -198,9 +218,11 @@ class PretrainConfig:
     )
 
     def validate(self) -> None:
-        """Checks that need several fields; task names are checked against the registry."""
+        """Checks that need several fields; task names are checked against the registry. Fills
+        the optimizer and schedule keys left unset (`chosen_defaults` lists them)."""
         from ernie_style.pretrain.registry import registered_tasks
 
+        self._choose_unset_defaults()
         if not self.tasks:
             raise ValueError("tasks: at least one task is required")
         registered = registered_tasks()
@@ -233,6 +255,38 @@ class PretrainConfig:
         self.schedule.stage_sets(list(self.tasks))
         if self.schedule.mlm_every_step and MLM_TASK not in self.tasks:
             raise ValueError(f"schedule.mlm_every_step needs {MLM_TASK} in tasks")
+
+    def _choose_unset_defaults(self) -> None:
+        """From-scratch or continued-pretraining values for unset keys; explicit settings win."""
+        defaults = CONTINUED_DEFAULTS if self.model.init_from else SCRATCH_DEFAULTS
+        unset = []
+        if self.optim.lr is None:
+            unset.append("optim.lr")
+        if self.optim.warmup_steps is None and self.optim.warmup_ratio is None:
+            unset += [key for key in defaults if key.startswith("optim.warmup")]
+        if self.schedule.restart_warmup_each_stage is None:
+            unset.append("schedule.restart_warmup_each_stage")
+        self.chosen_defaults = {key: defaults[key] for key in unset}
+        for key, value in self.chosen_defaults.items():
+            section, name = key.split(".")
+            setattr(getattr(self, section), name, value)
+        if self.optim.warmup_ratio is None:  # warmup_steps is set and wins
+            self.optim.warmup_ratio = 0.0
+
+    def describe_defaults(self) -> str:
+        """One line saying which unset keys took which values and why ('' if none did)."""
+        chosen = getattr(self, "chosen_defaults", {})
+        if not chosen:
+            return ""
+        values = ", ".join(f"{key}={value}" for key, value in chosen.items())
+        if self.model.init_from:
+            return (
+                f"continued-pretraining defaults (model.init_from is set): {values}; a trained "
+                "encoder takes a lower peak LR and one warm-up over the run, so its first steps "
+                "stay close to the checkpoint (from scratch: optim.lr=5e-4, 100 warm-up steps "
+                "restarted at each stage). Set these keys to override."
+            )
+        return f"from-scratch pretraining defaults: {values}. Set these keys to override."
 
     def balancing_config(self) -> Any:
         """`balancing_options` as the balancing strategy's typed `Config` (errors name the

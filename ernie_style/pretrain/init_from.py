@@ -4,8 +4,10 @@ a BERT-family checkpoint (`BertModel`, `BertForMaskedLM`, `BertForPreTraining`, 
 The backbone's architecture (sizes, vocabulary, positions, activation) is taken from the
 checkpoint, not from `model.preset`. A BERT checkpoint is mapped into an `ErnieModel` weight for
 weight (the layouts are the same): its two token-type rows fill the first two of ERNIE's four
-segment rows, and the task embeddings ERNIE adds (and the two extra segment rows, and the pooler
-when the checkpoint has none) start from the usual random initialisation. An MLM head in the
+segment rows. What ERNIE adds starts so that the encoder computes exactly what the checkpoint
+computes: the task embeddings start at zero (added to every token, they change nothing until
+trained) and the extra segment rows start as copies of segment 0. Only the pooler, when the
+checkpoint has none, starts from the usual random initialisation. An MLM head in the
 checkpoint (`cls.predictions.*`) is returned for the knowledge-masking head; without one that
 head starts fresh. Weights are read from safetensors only; anything that does not map exactly is
 one clear error naming the key.
@@ -159,9 +161,21 @@ def _load_bert_encoder(
             f"{unexpected[:5]}, wrong shape {wrong[:5]}, missing {missing[:5]})"
         )
     model.load_state_dict(encoder, strict=False)
-    if token_types is not None:
-        with torch.no_grad():
-            model.embeddings.token_type_embeddings.weight[: len(token_types)] = token_types
+    start_additions_at_the_checkpoint(model, token_types)
+
+
+def start_additions_at_the_checkpoint(model: ErnieModel, token_types: torch.Tensor | None) -> None:
+    """Make step 0 the checkpoint: zero task embeddings, the checkpoint's segment rows, and every
+    segment row it lacks a copy of its first row (a checkpoint without any: all rows zero)."""
+    embeddings = model.embeddings
+    with torch.no_grad():
+        embeddings.task_type_embeddings.weight.zero_()
+        rows = embeddings.token_type_embeddings.weight
+        if token_types is None:
+            rows.zero_()
+            return
+        rows[: len(token_types)] = token_types
+        rows[len(token_types) :] = token_types[0]
 
 
 def _mlm_head(weights: dict[str, Any]) -> dict[str, torch.Tensor]:

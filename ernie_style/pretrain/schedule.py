@@ -26,6 +26,7 @@ schedule, the curriculum progress and the progress bar need.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -314,7 +315,8 @@ class StageLR:
         """Multiplier of the peak LR at global `step` (0-based)."""
         local, length = self._phase(step)
         if self.warmup_steps is None:
-            warmup = int(self.warmup_ratio * length)
+            # At least one step whenever a share is asked (rounded up: 10% of 12 steps is 2).
+            warmup = math.ceil(self.warmup_ratio * length - 1e-9)
         else:
             # Short phases get a proportionally short warm-up (at most half the phase).
             warmup = min(self.warmup_steps, max(length // 2, 1))

@@ -86,6 +86,8 @@ class PretrainTrainer(TrainEngine):
         self.finish_setup(checkpoint, self._last_shared_layer())
         if self.data_message:
             self.print(self.data_message)
+        if config.describe_defaults():
+            self.print(config.describe_defaults())
         self.print(self.precision.describe())
         self.print(f"{self.backend_name()}, {self.state.schedule.total_steps} steps")
 

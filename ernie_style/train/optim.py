@@ -45,8 +45,8 @@ class OptimSection:
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)")
 
     def validate(self) -> None:
-        """Check ranges; errors name the dotted key."""
-        if self.lr <= 0:
+        """Check ranges; errors name the dotted key (unset pretraining values are chosen later)."""
+        if self.lr is not None and self.lr <= 0:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
         for key in ("weight_decay", "eps", "max_grad_norm"):
             if getattr(self, key) < 0:
@@ -55,7 +55,7 @@ class OptimSection:
             raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
+        if self.warmup_ratio is not None and not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.grad_accum_steps <= 0:
             raise ValueError(f"optim.grad_accum_steps must be > 0, got {self.grad_accum_steps}")
@@ -64,12 +64,26 @@ class OptimSection:
         """Warm-up steps of a phase of `length` steps."""
         if self.warmup_steps is not None:
             return self.warmup_steps
-        return int(self.warmup_ratio * length)
+        return int((self.warmup_ratio or 0.0) * length)
 
 
 @dataclass
 class PretrainOptim(OptimSection):
-    """AdamW and the learning-rate schedule (pretraining defaults: BERT/ERNIE recipes)."""
+    """AdamW and the learning-rate schedule (pretraining). The peak LR and the warm-up left unset
+    are chosen by `PretrainConfig.validate`: from-scratch values (BERT/ERNIE recipes), or
+    continued-pretraining values when `model.init_from` names a trained encoder."""
+
+    lr: float | None = option(
+        None, "peak learning rate (unset: 5e-4 from scratch, 1e-4 with model.init_from)"
+    )
+    warmup_steps: int | None = option(
+        None,
+        "linear warm-up steps (per stage when restarted); overrides warmup_ratio (unset with "
+        "warmup_ratio unset: 100 from scratch; with model.init_from warmup_ratio 0.1)",
+    )
+    warmup_ratio: float | None = option(
+        None, "warm-up as a share of the phase's steps, when warmup_steps is unset"
+    )
 
 
 @dataclass
