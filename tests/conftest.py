@@ -10,6 +10,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# MKL's results depend on the memory alignment of its inputs on some CPUs (seen on an AMD EPYC:
+# one Linear over a weight at another offset, e.g. mapped from a safetensors file, rounds
+# otherwise). Strict conditional numerical reproducibility makes a result depend on the values
+# alone, so two models with the same weights in one test agree bit for bit. MKL reads this on
+# its first call, so setting it here, before any test computes, covers the test process; child
+# runs inherit it. It is part of the kernel fingerprint (ernie_style.testing.machine).
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 ENGLISH_PARAGRAPHS = [
     "Albert Einstein was born in Ulm in 1879. He developed the theory of relativity. "

@@ -1,4 +1,6 @@
-"""Two CPU processes (DDP over gloo) through `accelerate launch --multi_gpu --num_processes 2`."""
+"""Two CPU processes (DDP over gloo) through `accelerate launch --multi_gpu --num_processes 2`
+resume a one-process run (elastic resume). Training, checkpointing and exact resume on two
+processes: test_ddp_kill_resume.py."""
 
 from __future__ import annotations
 
@@ -11,9 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ernie_style.precision import resolve_precision
 from ernie_style.testing.pretrain import child_env, pretrain_cmd, step_losses, write_config
-from ernie_style.train.checkpoint import list_checkpoints, verify
+from ernie_style.train.checkpoint import list_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -30,27 +31,6 @@ def run(cmd):
     result = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
-
-
-def test_two_process_ddp_trains_and_checkpoints(small_corpus, tmp_path):
-    # Uncertainty weighting: its log-variances are averaged over the two processes.
-    config = write_config(
-        tmp_path / "ddp.yaml", small_corpus, tmp_path / "run", balancing="uncertainty"
-    )
-    result = run(accelerate_cmd(config))
-    checkpoints = list_checkpoints(tmp_path / "run" / "checkpoints")
-    assert checkpoints[0].name == "step-00000026"
-    assert all(verify(c) is None for c in checkpoints)
-    state = json.loads((checkpoints[0] / "trainer_state.json").read_text())
-    assert state["num_processes"] == 2 and state["schedule"]["stage"] == 3
-    auto = resolve_precision("auto", "cpu")
-    assert state["precision"] == auto.to_dict()
-    assert result.stdout.count(auto.describe()) == 1  # printed once, by the main process
-    balancer = torch.load(checkpoints[0] / "balancer.pt", weights_only=True)
-    assert any(key.startswith("log_variances") for key in balancer)
-    losses = step_losses(tmp_path / "run")
-    assert len({s for s, _ in losses}) == 26
-    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
 
 
 def test_resume_on_a_different_number_of_processes(small_corpus, tmp_path):

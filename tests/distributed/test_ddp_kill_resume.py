@@ -1,8 +1,12 @@
-"""A 2-process DDP pretraining run SIGKILLed after a checkpoint resumes, on 2 processes, to the
-bit-identical weights and per-step losses of an uninterrupted 2-process run."""
+"""Two CPU processes (DDP over gloo) through `accelerate launch --multi_gpu --num_processes 2`:
+the run trains and checkpoints (with uncertainty weighting, whose log-variances are averaged over
+the processes, and the precision the run config picks whatever the launcher says), and a run
+SIGKILLed after a checkpoint resumes, on 2 processes, to the bit-identical weights, optimizer and
+balancer state and per-step losses of the uninterrupted run."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ernie_style.testing.pretrain import child_env, pretrain_cmd, write_config
-from ernie_style.train.checkpoint import list_checkpoints
+from ernie_style.precision import resolve_precision
+from ernie_style.testing.pretrain import child_env, pretrain_cmd, step_losses, write_config
+from ernie_style.train.checkpoint import list_checkpoints, verify
 
 from .kill_helpers import assert_equal_nested, losses_by_run, run_and_kill_after
 
@@ -26,7 +31,8 @@ FINAL = "step-00000030"
 def accelerate_cmd(config: Path, port: int, *extra: str) -> list[str]:
     """`accelerate launch` of `ernie-style pretrain` on 2 CPU processes."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
-    launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    # The launcher says bf16 on purpose: the run config's `precision` (auto) must decide.
+    launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "bf16"]
     launch += ["--dynamo_backend", "no", "--main_process_port", str(port)]
     return [*launch, "-m", "ernie_style", *pretrain_cmd(config, *extra)[3:]]
 
@@ -38,10 +44,30 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
     return result
 
 
+def _trained_and_checkpointed(run_dir: Path, stdout: str) -> None:
+    """The uninterrupted run: complete checkpoints, two processes, the auto precision (printed
+    once, by the main process), the balancer's state, a finite loss every step."""
+    checkpoints = list_checkpoints(run_dir / "checkpoints")
+    assert checkpoints[0].name == FINAL
+    assert all(verify(c) is None for c in checkpoints)
+    state = json.loads((checkpoints[0] / "trainer_state.json").read_text())
+    assert state["num_processes"] == 2 and state["schedule"]["stage"] == 2
+    auto = resolve_precision("auto", "cpu")
+    assert state["precision"] == auto.to_dict()
+    assert stdout.count(auto.describe()) == 1
+    balancer = torch.load(checkpoints[0] / "balancer.pt", weights_only=True)
+    assert any(key.startswith("log_variances") for key in balancer)
+    losses = step_losses(run_dir)
+    assert len({s for s, _ in losses}) == 30
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+
 def test_killed_ddp_run_resumes_bit_identically(small_corpus, tmp_path):
     changes = {"tasks": TASKS, "model__preset": "micro", "checkpoint_every": 5}
+    changes["balancing"] = "uncertainty"
     full = write_config(tmp_path / "full.yaml", small_corpus, tmp_path / "full", **changes)
-    run(accelerate_cmd(full, 29561))
+    result = run(accelerate_cmd(full, 29561))
+    _trained_and_checkpointed(tmp_path / "full", result.stdout)
     cut = write_config(tmp_path / "cut.yaml", small_corpus, tmp_path / "cut", **changes)
     checkpoints = tmp_path / "cut" / "checkpoints"
     run_and_kill_after(accelerate_cmd(cut, 29562), checkpoints / KILL_AFTER, tmp_path / "k.log")
@@ -55,9 +81,9 @@ def test_killed_ddp_run_resumes_bit_identically(small_corpus, tmp_path):
     got = load_file(str(final["cut"] / "model.safetensors"))
     assert set(got) == set(want)
     assert all(torch.equal(got[name], want[name]) for name in want)
-    want_opt = torch.load(final["full"] / "optimizer.pt", weights_only=True)
-    got_opt = torch.load(final["cut"] / "optimizer.pt", weights_only=True)
-    assert_equal_nested(got_opt, want_opt)
+    for state in ("optimizer.pt", "balancer.pt"):
+        want_state = torch.load(final["full"] / state, weights_only=True)
+        assert_equal_nested(torch.load(final["cut"] / state, weights_only=True), want_state)
 
     (reference,) = losses_by_run(tmp_path / "full" / "train_loss.csv")
     # The killed run's rows (up to the kill) and the resumed run's (from step 10), whether or

@@ -1,12 +1,14 @@
 """DeepSpeed ZeRO-1, -2 and -3 on 2 processes (torchrun + `deepspeed.initialize`, gloo on CPU,
-bf16 where the CPU has it): a run SIGKILLed after a checkpoint resumes to the uninterrupted
-run's final weights, AdamW moments and step, and per-step losses, bit for bit.
+bf16 where the CPU has it): each trains and checkpoints full (gathered) weights, and a run
+SIGKILLed after a checkpoint resumes to the uninterrupted run's final weights, AdamW moments and
+step, and per-step losses, bit for bit.
 
 Checkpoints hold the fp32 master weights and Adam state gathered per parameter name, so the
 comparison covers the optimizer state of every rank's partition."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from ernie_style.testing.pretrain import ROOT, pretrain_cmd, write_config
+from ernie_style.tokenizer import load_tokenizer
 from ernie_style.train.checkpoint import list_checkpoints
 
 from .kill_helpers import assert_equal_nested, losses_by_run, run, run_and_kill_after
@@ -60,6 +63,11 @@ def test_zero_resume_after_a_kill_is_exact(small_corpus, tmp_path, stage):
     parts = losses_by_run(tmp_path / "cut" / "train_loss.csv")
     assert set().union(*parts) == set(reference)
     assert set(got) == set(want)
+    vocabulary = len(load_tokenizer(small_corpus / "tokenizer"))
+    embeddings = "backbone.embeddings.word_embeddings.weight"
+    assert got[embeddings].shape[0] == vocabulary  # gathered from the partitions, full
+    state = json.loads((final["cut"] / "trainer_state.json").read_text())
+    assert state["num_processes"] == 2 and state["step"] == 16
     if stage < 3:
         assert all(torch.equal(got[name], want[name]) for name in want)
         assert_equal_nested(got_opt, want_opt)
