@@ -113,3 +113,18 @@ def test_command_line_overrides_reach_the_section(tmp_path):
         load_config(
             PretrainConfig, None, ["data.corpus=x", "tasks.capitalization.budget=1", "optim.lr=0"]
         )
+
+
+def test_the_dry_run_says_which_defaults_it_chose_and_why(tmp_path, capsys):
+    from ernie_style.cli import main
+
+    path = tmp_path / "pretrain.yaml"
+    data = {"data": {"corpus": "c"}, "tasks": {"knowledge_masking": {"budget": 5}}}
+    path.write_text(yaml.safe_dump(data | {"model": {"init_from": "enc"}}))
+    assert main(["pretrain", "--config", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    line = _pretrain(tmp_path, model={"init_from": "enc"}).describe_defaults()
+    assert line in out.splitlines() and "lr: 0.0001" in out
+    assert main(["pretrain", "--config", str(path), "--dry-run", "optim.lr=2e-5"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 2.0e-05" in out and "optim.lr=0.0001" not in out  # explicit: not chosen
