@@ -3,11 +3,11 @@ import torch
 from transformers import ErnieModel
 
 from ernie_style.pretrain.examples import collate
+from ernie_style.pretrain.init_from import load_backbone
 from ernie_style.pretrain.model import (
     MODEL_PRESETS,
     ErniePretrainingModel,
     build_backbone_config,
-    load_backbone,
 )
 from ernie_style.pretrain.registry import get_task
 

@@ -75,6 +75,12 @@ def load_encoder_checkpoint(path: str | Path) -> tuple[ErnieModel, dict[str, tor
     return model, _mlm_head(weights)
 
 
+def load_backbone(path: str | Path) -> ErnieModel:
+    """Load an `ErnieModel` with task embeddings from a local ERNIE or BERT-family directory
+    (never from a hub): `load_encoder_checkpoint` without the masked-LM head."""
+    return load_encoder_checkpoint(path)[0]
+
+
 def encoder_config(path: str | Path, key: str = "model.init_from") -> ErnieConfig:
     """The `ErnieConfig` `load_encoder_checkpoint` gives the checkpoint at `path`, from its
     config.json alone (no weights read); anything that does not map is an error naming `key`."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,14 +51,6 @@ def build_backbone_config(
         task_type_vocab_size=TASK_TYPE_VOCAB_SIZE,
         **sizes,
     )
-
-
-def load_backbone(path: str | Path) -> ErnieModel:
-    """Load an `ErnieModel` with task embeddings from a local ERNIE or BERT-family directory
-    (never from a hub; see `ernie_style.pretrain.init_from`)."""
-    from ernie_style.pretrain.init_from import load_encoder_checkpoint
-
-    return load_encoder_checkpoint(path)[0]
 
 
 @dataclass
