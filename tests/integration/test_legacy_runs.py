@@ -21,6 +21,7 @@ old version wrote next checks:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -174,8 +175,6 @@ def test_the_rounding_allowance_catches_a_resume_that_loses_the_optimizer_moment
     torch.save(optimizer, checkpoints / "step-00000006" / "optimizer.pt")
     manifest_path = checkpoints / "step-00000006" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    import hashlib
-
     data = (checkpoints / "step-00000006" / "optimizer.pt").read_bytes()
     manifest["files"]["optimizer.pt"] = {
         "sha256": hashlib.sha256(data).hexdigest(),
