@@ -28,6 +28,17 @@ def _bert(path: Path, vocab_size: int, **config) -> BertForMaskedLM:
     return model
 
 
+def _bert_with_tokenizer(path: Path, corpus: Path):
+    """A tiny BERT checkpoint at `path` with the prepared corpus's tokenizer beside it."""
+    from ernie_style.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(corpus / "tokenizer")
+    bert = _bert(path, len(tokenizer))
+    for file in (corpus / "tokenizer").iterdir():
+        shutil.copy(file, path / file.name)
+    return bert, tokenizer
+
+
 def _load(path: Path):
     return load_encoder_checkpoint(path)
 
@@ -124,13 +135,9 @@ def test_checkpoints_that_do_not_map_are_one_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_pretraining_continues_a_bert_checkpoint_with_its_own_tokenizer(small_corpus, tmp_path):
-    from ernie_style.tokenizer import load_tokenizer
 
     encoder = tmp_path / "bert"
-    tokenizer = load_tokenizer(small_corpus / "tokenizer")
-    bert = _bert(encoder, len(tokenizer))
-    for file in (small_corpus / "tokenizer").iterdir():
-        shutil.copy(file, encoder / file.name)
+    bert, _ = _bert_with_tokenizer(encoder, small_corpus)
     config = write_config(
         tmp_path / "c.yaml",
         small_corpus,
@@ -165,13 +172,8 @@ def test_a_continued_run_at_lr_near_zero_releases_the_checkpoint_bit_for_bit(
     at a vanishing LR give a release whose stock `transformers` outputs equal the original's."""
     from transformers import AutoModel, BertModel
 
-    from ernie_style.tokenizer import load_tokenizer
-
     encoder = tmp_path / "bert"
-    tokenizer = load_tokenizer(small_corpus / "tokenizer")
-    _bert(encoder, len(tokenizer))
-    for file in (small_corpus / "tokenizer").iterdir():
-        shutil.copy(file, encoder / file.name)
+    _, tokenizer = _bert_with_tokenizer(encoder, small_corpus)
     config = write_config(
         tmp_path / "c.yaml",
         small_corpus,
