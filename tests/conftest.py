@@ -17,6 +17,32 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # its first call, so setting it here, before any test computes, covers the test process; child
 # runs inherit it. It is part of the kernel fingerprint (ernie_style.testing.machine).
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+# Under pytest-xdist (`-n auto`: one worker per core) each worker's torch gets its share of the
+# cores instead of one thread per core in every worker, which oversubscribes the machine; set
+# before any test imports torch. Child runs get one thread anyway (ernie_style.testing.CHILD_ENV).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `slow` (minutes each) start first, shared out among the workers, so that the
+    long runs overlap the short tests instead of one running alone at the end. pytest-xdist's
+    `worksteal` hands worker k the k-th contiguous block of the collection, so the order is: for
+    each worker, its share of the slow tests, then its share of the rest. Runs after
+    pytest-randomly's shuffle and keeps its order within each group; every worker computes the
+    same order, as xdist requires."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    rest = [item for item in items if item.get_closest_marker("slow") is None]
+    ordered: list[pytest.Item] = []
+    for k in range(workers):
+        ordered += (
+            slow[k::workers] + rest[k * len(rest) // workers : (k + 1) * len(rest) // workers]
+        )
+    items[:] = ordered
+
 
 ENGLISH_PARAGRAPHS = [
     "Albert Einstein was born in Ulm in 1879. He developed the theory of relativity. "

@@ -15,6 +15,7 @@ the package itself, and importing `ernie_style.testing` loads neither torch nor 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 #: The root of the source checkout (its `data/`, `configs/`, `runs/`).
@@ -34,3 +35,13 @@ CHILD_ENV = {
 def child_env() -> dict[str, str]:
     """The environment for child processes: this one plus `CHILD_ENV`."""
     return dict(os.environ) | CHILD_ENV
+
+
+def free_port() -> int:
+    """A TCP port free on this host now, for a launcher's rendezvous (`--main_process_port`).
+
+    Fixed ports collide when tests run side by side (pytest-xdist workers); the OS hands each
+    caller a different free one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ernie_style.testing import free_port
 from ernie_style.testing.pretrain import child_env, pretrain_cmd, step_losses, write_config
 from ernie_style.train.checkpoint import list_checkpoints
 
@@ -23,7 +24,7 @@ def accelerate_cmd(config, *extra):
     # The launcher says bf16 on purpose: the run config's `precision` (auto) must decide.
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "bf16"]
-    launch += ["--dynamo_backend", "no", "--main_process_port", "29533"]
+    launch += ["--dynamo_backend", "no", "--main_process_port", str(free_port())]
     return [*launch, "-m", "ernie_style", *pretrain_cmd(config, *extra)[3:]]
 
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ernie_style.testing import free_port
 from ernie_style.testing.finetune import make_encoder_dir, write_config
 from ernie_style.testing.pretrain import child_env
 from ernie_style.train.checkpoint import list_checkpoints
@@ -160,9 +161,7 @@ def test_two_process_finetuning_equals_one_process(tmp_path, sharing, options):
         if world == 2:
             launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
             launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-            port = 29547 + ["hard", "soft", "cross_stitch", "mmoe"].index(sharing)
-            port += 4 if tasks[0]["reads_from"] else 0
-            launch += ["--dynamo_backend", "no", "--main_process_port", str(port)]
+            launch += ["--dynamo_backend", "no", "--main_process_port", str(free_port())]
             run([*launch, *cmd])
         else:
             run([sys.executable, *cmd])

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from ernie_style.testing import free_port
 from ernie_style.testing.finetune import make_encoder_dir, shipped_tasks, step_losses, write_config
 from ernie_style.testing.pretrain import child_env
 from ernie_style.train.checkpoint import list_checkpoints, verify
@@ -23,7 +24,7 @@ def test_two_process_ddp_finetuning_with_gradnorm(tmp_path):
     )
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-    launch += ["--dynamo_backend", "no", "--main_process_port", "29541"]
+    launch += ["--dynamo_backend", "no", "--main_process_port", str(free_port())]
     cmd = [*launch, "-m", "ernie_style", "finetune", "--config", str(config)]
     result = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

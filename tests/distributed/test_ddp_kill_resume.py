@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from ernie_style.precision import resolve_precision
+from ernie_style.testing import free_port
 from ernie_style.testing.pretrain import child_env, pretrain_cmd, step_losses, write_config
 from ernie_style.train.checkpoint import list_checkpoints, verify
 
@@ -28,12 +29,12 @@ KILL_AFTER = "step-00000010"
 FINAL = "step-00000030"
 
 
-def accelerate_cmd(config: Path, port: int, *extra: str) -> list[str]:
+def accelerate_cmd(config: Path, *extra: str) -> list[str]:
     """`accelerate launch` of `ernie-style pretrain` on 2 CPU processes."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     # The launcher says bf16 on purpose: the run config's `precision` (auto) must decide.
     launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "bf16"]
-    launch += ["--dynamo_backend", "no", "--main_process_port", str(port)]
+    launch += ["--dynamo_backend", "no", "--main_process_port", str(free_port())]
     return [*launch, "-m", "ernie_style", *pretrain_cmd(config, *extra)[3:]]
 
 
@@ -66,13 +67,13 @@ def test_killed_ddp_run_resumes_bit_identically(small_corpus, tmp_path):
     changes = {"tasks": TASKS, "model__preset": "micro", "checkpoint_every": 5}
     changes["balancing"] = "uncertainty"
     full = write_config(tmp_path / "full.yaml", small_corpus, tmp_path / "full", **changes)
-    result = run(accelerate_cmd(full, 29561))
+    result = run(accelerate_cmd(full))
     _trained_and_checkpointed(tmp_path / "full", result.stdout)
     cut = write_config(tmp_path / "cut.yaml", small_corpus, tmp_path / "cut", **changes)
     checkpoints = tmp_path / "cut" / "checkpoints"
-    run_and_kill_after(accelerate_cmd(cut, 29562), checkpoints / KILL_AFTER, tmp_path / "k.log")
+    run_and_kill_after(accelerate_cmd(cut), checkpoints / KILL_AFTER, tmp_path / "k.log")
     assert not (checkpoints / FINAL).exists()  # killed before the end
-    result = run(accelerate_cmd(cut, 29563, "--resume", "auto"))
+    result = run(accelerate_cmd(cut, "--resume", "auto"))
     assert f"{KILL_AFTER} at step 10" in result.stdout + result.stderr
 
     final = {name: list_checkpoints(tmp_path / name / "checkpoints")[0] for name in ("full", "cut")}

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from ernie_style.testing import free_port
 from ernie_style.testing.pretrain import ROOT, child_env, pretrain_cmd, write_config
 from ernie_style.train.checkpoint import list_checkpoints, verify
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow
 def accelerate_deepspeed(config, *extra):
     launch = [sys.executable, "-m", "accelerate.commands.launch"]
     launch += ["--config_file", str(ROOT / "configs" / "accelerate" / "deepspeed_zero2.yaml")]
-    launch += ["--num_processes", "1", "--main_process_port", "29541"]
+    launch += ["--num_processes", "1", "--main_process_port", str(free_port())]
     return [*launch, "-m", "ernie_style", *pretrain_cmd(config, *extra)[3:]]
 
 
