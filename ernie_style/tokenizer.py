@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import (
@@ -22,9 +22,18 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def train_wordpiece(
-    texts: Iterable[str], vocab_size: int, lowercase: bool = True, min_frequency: int = 2
+    texts: Iterable[str],
+    vocab_size: int,
+    lowercase: bool = True,
+    min_frequency: int = 2,
+    initial_alphabet: Sequence[str] = (),
 ) -> BertTokenizerFast:
-    """Train a BERT-style WordPiece tokenizer (uncased by default) on `texts`."""
+    """Train a BERT-style WordPiece tokenizer (uncased by default) on `texts`.
+
+    BERT's normalizer puts spaces around every CJK character, so each Han character is a token
+    of its own (BERT-Chinese's vocabulary) and WordPiece merges only Latin script and digits.
+    `initial_alphabet` lists characters the vocabulary holds even when the corpus lacks them
+    (e.g. ASCII letters and symbols in a Chinese corpus written with full-width forms)."""
     if vocab_size < len(SPECIAL_TOKENS) + 26:
         raise ValueError(f"vocab_size {vocab_size} is too small for a WordPiece vocabulary")
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -36,6 +45,7 @@ def train_wordpiece(
         min_frequency=min_frequency,
         special_tokens=SPECIAL_TOKENS,
         show_progress=False,
+        initial_alphabet=list(initial_alphabet),
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")

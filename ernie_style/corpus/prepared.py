@@ -33,7 +33,15 @@ SUMMARY_FILE = "prepare_summary.json"
 FINGERPRINT_FILE = "fingerprint.json"
 TOKENIZER_DIR = "tokenizer"
 #: Modules whose code decides what `prepare` writes; their bytes are part of the fingerprint.
-_CODE_MODULES = ("annotate.py", "document.py", "readers.py", "spacy_annotator.py", "prepare.py")
+_CODE_MODULES = (
+    "annotate.py",
+    "chinese.py",
+    "document.py",
+    "language.py",
+    "readers.py",
+    "spacy_annotator.py",
+    "prepare.py",
+)
 _TEMP_TAG, _OLD_TAG = "prepare-tmp", "prepare-old"
 
 

