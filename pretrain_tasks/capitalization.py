@@ -7,11 +7,12 @@ punctuation) carry no label.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from torch import nn
 
+from ernie_style.corpus.language import CASELESS_LANGUAGES
 from ernie_style.pretrain.examples import (
     IGNORE_INDEX,
     CorpusContext,
@@ -51,9 +52,15 @@ class Capitalization(PretrainTask):
     level = "token"
     description = "is each word capitalized in the original text (label on first sub-token)"
     task_id = 1
+    unusable_in: ClassVar[dict[str, str]] = {
+        language: "the corpus is in a language without letter case"
+        for language in CASELESS_LANGUAGES
+    }
 
-    def __init__(self, tokenizer: Any, max_seq_len: int = 128, config: Any = None) -> None:
-        super().__init__(tokenizer, max_seq_len, config)
+    def __init__(
+        self, tokenizer: Any, max_seq_len: int = 128, config: Any = None, language: str = "en"
+    ) -> None:
+        super().__init__(tokenizer, max_seq_len, config, language)
         if keeps_case(tokenizer):
             raise ValueError(
                 "capitalization: the tokenizer keeps case (prepared with --cased?), so every "

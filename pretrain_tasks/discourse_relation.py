@@ -11,9 +11,13 @@ dashes) are removed from the input, and the label is the marker's index in the i
 A labelled pair file (`pairs_file`: TSV with a header, CSV with a header, or JSONL, fields
 sentence1, sentence2, label; the label is a marker of the inventory) adds to the mined pairs
 (`pairs_mode: add`) or replaces them (`replace`). The input of a file row never shows its
-label: a marker opening sentence2 (whichever it is) is removed as for mined pairs, and every
-other occurrence of the labelled marker in sentence2 ("The results, however, ...") is removed
-with the punctuation right after it.
+label (`strip_markers`): a marker opening sentence2 (whichever it is, with a preposition after
+it) is removed, and every other occurrence of the labelled marker, also inside a run-on
+("poor.However,"), goes with its punctuation ("The results, however, are" -> "The results are").
+
+On a Chinese corpus the inventory is `DISCOURSE_MARKERS_ZH` (但是, 因此, 所以, 虽然, ...): a
+marker counts when sentence i + 1 opens with it and it ends at a segmenter word boundary, so no
+part of a connective is left in the input.
 """
 
 from __future__ import annotations
@@ -49,6 +53,16 @@ DISCOURSE_MARKERS: tuple[str, ...] = (
     *("thus", "finally", "additionally", "nonetheless", "hence", "in particular", "in turn"),
     *("in practice", "in other words", "by contrast"),
 )
+#: The Chinese inventory: sentence-initial connectives (DisSent's Chinese markers, which ERNIE
+#: 2.0's Chinese discourse data followed, plus frequent unambiguous openers). A marker matches
+#: only when it ends at a word boundary of the segmenter, so no connective character is left.
+DISCOURSE_MARKERS_ZH: tuple[str, ...] = (
+    *("但是", "但", "可是", "不过", "然而", "而且", "并且", "因为", "因此", "所以"),
+    *("如果", "虽然", "尽管", "此外", "另外", "同时", "例如", "比如", "于是", "否则"),
+    *("总之", "因而", "相反", "其实"),
+)
+#: Punctuation right after a Chinese marker, removed with it.
+MARKER_PUNCTUATION_ZH: frozenset[str] = frozenset({"，", "、", "：", ",", ":", "——"})
 #: Words that make a marker right before them a preposition ("in addition to"), not a connective.
 PREPOSITIONS: frozenset[str] = frozenset({"to", "of", "with", "from"})
 #: Punctuation right after a marker, removed with it.
@@ -79,6 +93,32 @@ def match_marker(
     return None
 
 
+def markers_for(language: str) -> tuple[str, ...]:
+    """The marker inventory of a corpus language (English for any but Chinese)."""
+    return DISCOURSE_MARKERS_ZH if language == "zh" else DISCOURSE_MARKERS
+
+
+def match_marker_zh(
+    words: Sequence[str], markers: Sequence[str] = DISCOURSE_MARKERS_ZH
+) -> tuple[int, int] | None:
+    """`(label, words_to_drop)` when Chinese `words` open with a marker that ends at a word
+    boundary (the longest such marker wins), else None; the punctuation right after the marker
+    is dropped with it. "但是" opening a sentence matches 但是, never 但 plus a stray 是."""
+    ends, total = {}, 0
+    for index, word in enumerate(words[:8]):
+        total += len(word)
+        ends[total] = index + 1
+    opening = "".join(words[:8])
+    found = [k for k, m in enumerate(markers) if opening.startswith(m) and len(m) in ends]
+    if not found:
+        return None
+    best = max(found, key=lambda k: len(markers[k]))
+    drop = ends[len(markers[best])]
+    while drop < len(words) and words[drop] in MARKER_PUNCTUATION_ZH:
+        drop += 1
+    return best, drop
+
+
 @functools.lru_cache(maxsize=8)
 def _marker_index(markers: tuple[str, ...]) -> tuple[dict[str, list[tuple[int, list[str]]]], int]:
     """Markers by first word, longest first, and the longest marker's word count."""
@@ -92,23 +132,37 @@ def _marker_index(markers: tuple[str, ...]) -> tuple[dict[str, list[tuple[int, l
     return by_first, max((len(m.split()) for m in markers), default=0)
 
 
-def _without_marker(sentence: TokenizedDocument, marker: str) -> np.ndarray:
-    """Token ids of `sentence` without an opening marker and without any other whole-word
-    occurrence of `marker` (each with the punctuation mark right after it)."""
-    words = sentence.doc.words()
-    keep = [True] * len(words)
-    match = match_marker(words)
-    if match is not None:
-        keep[: match[1]] = [False] * match[1]
-    parts = marker.casefold().split()
-    lowered = [w.casefold() for w in words]
-    for start in range(len(words) - len(parts) + 1):
-        if lowered[start : start + len(parts)] == parts:
-            end = start + len(parts)
-            end += end < len(words) and words[end] in MARKER_PUNCTUATION
-            keep[start:end] = [False] * (end - start)
-    kept = [sentence.tokens(w, w + 1) for w in range(len(words)) if keep[w]]
-    return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+def strip_markers(text: str, marker: str, language: str = "en") -> str:
+    """A pair file's second sentence without anything that gives its label `marker` away: the
+    marker it opens with (whichever of the inventory, with a preposition after it: "Because of
+    the rain" keeps "the rain"), and every other occurrence of `marker`, also inside a run-on
+    ("poor.However, the"), with its punctuation ("The results, however, are" -> "The results
+    are"). Chinese: the opening marker, and other occurrences of a marker of two or more
+    characters (a single character such as 但 is part of too many words)."""
+    if language == "zh":
+        opening = max((m for m in DISCOURSE_MARKERS_ZH if text.startswith(m)), key=len, default="")
+        text = text[len(opening) :].lstrip("，、：,: ")
+        if len(marker) >= 2:
+            text = re.sub(re.escape(marker) + "[，、：,:]?", "", text)
+        return text.strip()
+    text = _opening_marker().sub("", text, count=1)
+    words = r"\s+".join(re.escape(part) for part in marker.split())
+    occurrence = re.compile(rf"(?:,\s*)?\b{words}\b{_AFTER_MARKER}", re.IGNORECASE)
+    text = occurrence.sub(" ", text)
+    text = re.sub(r"\s+([,.;:!?])", r"\1", text)
+    return re.sub(r"\s{2,}", " ", text).strip()
+
+
+#: What follows a marker and goes with it: a preposition, then punctuation and spaces.
+_AFTER_MARKER = r"(?:\s+(?:to|of|with|from)\b)?\s*(?:--|[,;:—–-])?\s*"
+
+
+@functools.lru_cache(maxsize=1)
+def _opening_marker() -> re.Pattern[str]:
+    """Any English marker at the start of a text (longest first), with what follows it."""
+    names = sorted(DISCOURSE_MARKERS, key=len, reverse=True)
+    alternatives = "|".join(r"\s+".join(map(re.escape, m.split())) for m in names)
+    return re.compile(rf"^\s*(?:{alternatives})\b{_AFTER_MARKER}", re.IGNORECASE)
 
 
 @dataclass
@@ -126,7 +180,8 @@ class DiscourseRelationConfig(TaskConfig):
 
 @register_task
 class DiscourseRelation(PairFileMixin, PretrainTask):
-    """Sequence level, one label per marker of `DISCOURSE_MARKERS`."""
+    """Sequence level, one label per marker of the corpus language's inventory
+    (`DISCOURSE_MARKERS`, or `DISCOURSE_MARKERS_ZH` on Chinese)."""
 
     name = "discourse_relation"
     level = "sequence"
@@ -134,14 +189,24 @@ class DiscourseRelation(PairFileMixin, PretrainTask):
     task_id = 5
     Config = DiscourseRelationConfig
 
-    def __init__(self, tokenizer: Any, max_seq_len: int = 128, config: Any = None) -> None:
-        super().__init__(tokenizer, max_seq_len, config)
-        self._longest_marker = max(len(m.split()) for m in DISCOURSE_MARKERS)
+    def __init__(
+        self, tokenizer: Any, max_seq_len: int = 128, config: Any = None, language: str = "en"
+    ) -> None:
+        super().__init__(tokenizer, max_seq_len, config, language)
+        #: The label inventory of the corpus language.
+        self.markers = markers_for(language)
+        self._longest_marker = 8 if language == "zh" else max(len(m.split()) for m in self.markers)
 
     @property
     def num_labels(self) -> int:
         """One label per marker of the inventory."""
-        return len(DISCOURSE_MARKERS)
+        return len(self.markers)
+
+    def match(self, words: Sequence[str]) -> tuple[int, int] | None:
+        """The marker opening `words` in this language's inventory (`match_marker`)."""
+        if self.language == "zh":
+            return match_marker_zh(words, self.markers)
+        return match_marker(words, self.markers)
 
     def examples(
         self, document: TokenizedDocument, rng: np.random.Generator, corpus: CorpusContext
@@ -159,7 +224,7 @@ class DiscourseRelation(PairFileMixin, PretrainTask):
                 continue
             start, end = doc.sentence_word_range(i + 1)
             head = [doc.word(w) for w in range(start, min(end, start + self._longest_marker + 4))]
-            match = match_marker(head)
+            match = self.match(head)
             if match is None:
                 continue
             label, drop = match
@@ -174,9 +239,11 @@ class DiscourseRelation(PairFileMixin, PretrainTask):
         out = []
         for line, row in read_rows(path, ("sentence1", "sentence2", "label")):
             first = tokenize_text(text_field(path, line, row, "sentence1"), self.tokenizer)
-            second = tokenize_text(text_field(path, line, row, "sentence2"), self.tokenizer)
             label = self._label(path, line, row["label"])
-            rest = _without_marker(second, DISCOURSE_MARKERS[label])
+            text = strip_markers(
+                text_field(path, line, row, "sentence2"), self.markers[label], self.language
+            )
+            rest = tokenize_text(text, self.tokenizer).token_ids
             if not len(first.token_ids) or not len(rest):
                 raise row_error(path, line, "a sentence has no tokens (besides the marker)")
             out.append(self._pair_example(first.token_ids, rest, label))
@@ -184,11 +251,11 @@ class DiscourseRelation(PairFileMixin, PretrainTask):
 
     def _label(self, path: str, line: int, value: Any) -> int:
         marker = " ".join(value.casefold().split()) if isinstance(value, str) else None
-        if marker not in DISCOURSE_MARKERS:
+        if marker not in self.markers:
             raise row_error(
-                path, line, f"label {value!r} is not a known marker; known: {DISCOURSE_MARKERS}"
+                path, line, f"label {value!r} is not a known marker; known: {self.markers}"
             )
-        return DISCOURSE_MARKERS.index(marker)
+        return self.markers.index(marker)
 
     def build_head(self, backbone: nn.Module) -> TaskHead:
         """Classifier over the markers on the pooled [CLS] output."""

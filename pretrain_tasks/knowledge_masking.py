@@ -165,9 +165,13 @@ class KnowledgeMasking(PretrainTask):
             self.level_weights = _check_level_weights(self.level_weights)
 
     def __init__(
-        self, tokenizer: Any, max_seq_len: int = 128, config: TaskConfig | Mapping | None = None
+        self,
+        tokenizer: Any,
+        max_seq_len: int = 128,
+        config: TaskConfig | Mapping | None = None,
+        language: str = "en",
     ) -> None:
-        super().__init__(tokenizer, max_seq_len, config)
+        super().__init__(tokenizer, max_seq_len, config, language)
         special = set(self.tokenizer.all_special_ids)
         self._special_ids = np.asarray(sorted(special), dtype=np.int64)
         self._random_ids = np.asarray(

@@ -7,7 +7,9 @@ Permutation: `perm[k]` is the original index of the segment shown k-th, so the m
 segment. Classes are enumerated by m, then by the permutations of range(m) in
 `itertools.permutations` order: class 0 is (0,), 1 is (0, 1), 2 is (1, 0), 3 is (0, 1, 2), ...
 
-Cutting: m is drawn uniformly from 1..min(M, sentences), and the paragraph is cut at m - 1
+Cutting: m is drawn uniformly from min(`min_segments`, n)..min(M, n) for a paragraph of n
+sentences (`min_segments` 2 by default: a one-segment example is class 0 by its [SEP] count
+alone; 1 is ERNIE's 1..M draw), and the paragraph is cut at m - 1
 random sentence boundaries (contiguous groups of whole sentences), never inside a sentence: a
 cut inside a sentence leaves one segment ending in final punctuation (the original last one)
 and the others without, which gives the order away. Only sentences with sub-tokens count, so
@@ -26,6 +28,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from ernie_style.pretrain.examples import (
@@ -102,17 +105,29 @@ class SentenceReordering(PretrainTask):
 
     @dataclass
     class Config(TaskConfig):
-        """`max_segments` M: a paragraph is cut into 1..M segments (M <= 4)."""
+        """`max_segments` M: a paragraph is cut into up to M segments (M <= 4);
+        `min_segments`: at least this many where the paragraph has that many sentences (2 by
+        default, so that few examples are one segment, whose class the [SEP] count gives away;
+        1 is ERNIE 2.0's uniform 1..M draw)."""
 
         max_segments: int = 3
+        min_segments: int = 2
 
         def __post_init__(self) -> None:
             _check_max_segments(self.max_segments)
+            if isinstance(self.min_segments, bool) or self.min_segments not in (1, 2):
+                raise ValueError(
+                    f"sentence_reordering: min_segments must be 1 or 2, got {self.min_segments!r}"
+                )
 
     def __init__(
-        self, tokenizer: Any, max_seq_len: int = 128, config: TaskConfig | Mapping | None = None
+        self,
+        tokenizer: Any,
+        max_seq_len: int = 128,
+        config: TaskConfig | Mapping | None = None,
+        language: str = "en",
     ) -> None:
-        super().__init__(tokenizer, max_seq_len, config)
+        super().__init__(tokenizer, max_seq_len, config, language)
         # [CLS] + M x [SEP] + at least one token per segment.
         if 2 * self.config.max_segments + 1 > max_seq_len:
             raise ValueError(
@@ -165,7 +180,8 @@ class SentenceReordering(PretrainTask):
                 sentence_starts.append(a)
         if not sentence_starts:
             return []
-        m = int(rng.integers(1, min(self.config.max_segments, len(sentence_starts)) + 1))
+        most = min(self.config.max_segments, len(sentence_starts))
+        m = int(rng.integers(min(self.config.min_segments, most), most + 1))  # M = 1: m = 1
         cuts = _random_cuts(sentence_starts[1:], m, rng)
         bounds = [start, *cuts, end]
         return list(itertools.pairwise(bounds))
@@ -187,6 +203,15 @@ class SentenceReordering(PretrainTask):
             label = permutation_to_class(perm, max_segments)
             out.append(Example(self.name, self.task_id, ids, types, label))
         return out
+
+    def subset_metrics(
+        self, logits: torch.Tensor, targets: torch.Tensor
+    ) -> dict[str, tuple[float, float]]:
+        """Accuracy without the one-segment examples (class 0, which the input's single [SEP]
+        gives away): what the model learned about order."""
+        multi = targets != 0
+        right = (logits.argmax(-1)[multi] == targets[multi]).float().sum().item()
+        return {"accuracy_multi_segment": (right, float(multi.sum().item()))}
 
     def build_head(self, backbone: nn.Module) -> TaskHead:
         """Classifier over the pooled [CLS] output."""

@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         print(dump_yaml(config))
         if config.describe_defaults():
             print(config.describe_defaults())
+        if config.describe_left_out():
+            print(config.describe_left_out())
         print(describe_for_this_machine(config.precision))
         if args.resume:
             _resume_plan(config, schedule, args.resume)

@@ -226,11 +226,13 @@ class PretrainConfig:
         if not self.tasks:
             raise ValueError("tasks: at least one task is required")
         registered = registered_tasks()
-        for name, section in self.tasks.items():
+        for name in self.tasks:
             if name not in registered:
                 raise ValueError(
                     f"tasks.{name}: unknown task; registered tasks: {', '.join(registered)}"
                 )
+        self._leave_out_unusable_tasks(registered)
+        for name, section in self.tasks.items():
             if section.allocation is None and section.budget <= 0:
                 raise ValueError(f"tasks.{name}.budget must be > 0, got {section.budget}")
             if section.allocation is not None and (
@@ -255,6 +257,37 @@ class PretrainConfig:
         self.schedule.stage_sets(list(self.tasks))
         if self.schedule.mlm_every_step and MLM_TASK not in self.tasks:
             raise ValueError(f"schedule.mlm_every_step needs {MLM_TASK} in tasks")
+
+    def _leave_out_unusable_tasks(self, registered: dict[str, Any]) -> None:
+        """Drop the tasks that have nothing to learn in the corpus language (`unusable_in`),
+        recording why in `left_out`; refused when no task would be left."""
+        from ernie_style.corpus.language import corpus_language
+
+        language = corpus_language(self.data.corpus) if self.data.corpus else "en"
+        self.corpus_language = language
+        self.left_out = {
+            **getattr(self, "left_out", {}),
+            **{
+                name: registered[name].unusable_in[language]
+                for name in self.tasks
+                if language in registered[name].unusable_in
+            },
+        }
+        if self.tasks and set(self.tasks) <= set(self.left_out):
+            reasons = "; ".join(f"{name}: {why}" for name, why in self.left_out.items())
+            raise ValueError(
+                f"tasks: nothing to train on this {language} corpus ({reasons}); add a task "
+                "that reads it, e.g. knowledge_masking"
+            )
+        self.tasks = {n: s for n, s in self.tasks.items() if n not in self.left_out}
+
+    def describe_left_out(self) -> str:
+        """One line naming the tasks left out for the corpus language and why ('' if none)."""
+        left_out = getattr(self, "left_out", {})
+        if not left_out:
+            return ""
+        reasons = "; ".join(f"{name} ({why})" for name, why in left_out.items())
+        return f"left out of the schedule on this {self.corpus_language} corpus: {reasons}"
 
     def _choose_unset_defaults(self) -> None:
         """From-scratch or continued-pretraining values for unset keys; explicit settings win."""

@@ -17,10 +17,21 @@ from ernie_style.pretrain.registry import PretrainTask, get_task, registered_tas
 from ernie_style.tokenizer import load_tokenizer
 
 
-def resolve_tasks(spec: str, tokenizer: object, max_seq_len: int) -> list[PretrainTask]:
-    """Instantiate the tasks named in a comma-separated spec ('all' = every registered task)."""
-    names = list(registered_tasks()) if spec == "all" else [n.strip() for n in spec.split(",")]
-    return [get_task(name)(tokenizer, max_seq_len=max_seq_len) for name in names if name]
+def resolve_tasks(
+    spec: str, tokenizer: object, max_seq_len: int, language: str = "en"
+) -> list[PretrainTask]:
+    """Instantiate the tasks named in a comma-separated spec ('all' = every registered task
+    that can learn something in `language`; the others are named on stdout with the reason)."""
+    everything = spec == "all"
+    names = list(registered_tasks()) if everything else [n.strip() for n in spec.split(",")]
+    tasks = []
+    for name in filter(None, names):
+        task_class = get_task(name)
+        if language in task_class.unusable_in:
+            print(f"{name}: left out ({task_class.unusable_in[language]})")
+            continue
+        tasks.append(task_class(tokenizer, max_seq_len=max_seq_len, language=language))
+    return tasks
 
 
 def build_all(task: PretrainTask, corpus: CorpusContext, seed: int) -> list[Example]:
@@ -34,6 +45,7 @@ def build_all(task: PretrainTask, corpus: CorpusContext, seed: int) -> list[Exam
 
 def report(args: argparse.Namespace) -> int:
     """Build, summarise and print samples."""
+    from ernie_style.corpus.language import corpus_language
     from ernie_style.corpus.prepared import load_corpus
 
     dataset = load_corpus(args.corpus)
@@ -41,7 +53,7 @@ def report(args: argparse.Namespace) -> int:
         dataset = dataset.select(range(min(args.max_documents, len(dataset))))
     tokenizer = load_tokenizer(args.tokenizer or Path(args.corpus) / "tokenizer")
     corpus = CorpusContext(DocumentSequence(dataset), tokenizer)
-    tasks = resolve_tasks(args.tasks, tokenizer, args.max_seq_len)
+    tasks = resolve_tasks(args.tasks, tokenizer, args.max_seq_len, corpus_language(args.corpus))
     print(f"{len(dataset)} documents, tokenizer vocabulary {len(tokenizer)}")
     print(f"{'task':<24} {'examples':>8} {'tokens':>9} {'mean len':>8} {'s':>6}  top labels")
     samples: dict[str, list[Example]] = {}

@@ -175,6 +175,13 @@ class CorpusContext:
             self._shared[key] = build_or_load(self.index_root, key, build, load)
         return self._shared[key]
 
+    def memo(self, name: str, compute: Callable[[], T]) -> T:
+        """A small corpus-level structure kept in RAM (`compute()` runs once per context)."""
+        key = f"memo:{name}"
+        if key not in self._shared:
+            self._shared[key] = compute()
+        return self._shared[key]
+
     def __len__(self) -> int:
         return len(self.documents)
 

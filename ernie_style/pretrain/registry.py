@@ -44,15 +44,24 @@ class PretrainTask(ABC):
     #: Row of ERNIE's task-embedding table this task uses; unique across the registry.
     task_id: ClassVar[int]
     Config: ClassVar[type[TaskConfig]] = TaskConfig
+    #: Why the task has nothing to learn in a language, by language (e.g. capitalization on
+    #: caseless Chinese): a run on such a corpus leaves the task out, with this reason.
+    unusable_in: ClassVar[dict[str, str]] = {}
 
     def __init__(
-        self, tokenizer: Any, max_seq_len: int = 128, config: TaskConfig | Mapping | None = None
+        self,
+        tokenizer: Any,
+        max_seq_len: int = 128,
+        config: TaskConfig | Mapping | None = None,
+        language: str = "en",
     ) -> None:
         if max_seq_len < 8:
             raise ValueError(f"task {self.name}: max_seq_len must be >= 8, got {max_seq_len}")
         self.tokenizer = tokenizer
         self.max_seq_len = max_seq_len
         self.config = build_task_config(self.Config, config, self.name)
+        #: The corpus language (`en`, `zh`, or `other`), from the prepared corpus.
+        self.language = language
 
     @property
     @abstractmethod
@@ -112,6 +121,14 @@ class PretrainTask(ABC):
         if targets.numel() == 0:
             return logits.sum() * 0.0
         return cross_entropy(logits, targets)
+
+    def subset_metrics(
+        self, logits: torch.Tensor, targets: torch.Tensor
+    ) -> dict[str, tuple[float, float]]:
+        """Extra held-out accuracies over subsets of the targets, as name -> (correct, count),
+        e.g. sentence reordering without its one-segment examples. None by default."""
+        del logits, targets
+        return {}
 
     def metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """Accuracy over the targets (`count` is the number of targets scored)."""

@@ -107,6 +107,7 @@ def build_run_state(
     `fused_optimizer` selects torch's fused AdamW (not for DeepSpeed, which wraps the optimizer);
     `rank`/`world` pick this process's data shards.
     """
+    from ernie_style.corpus.language import corpus_language
     from ernie_style.corpus.prepared import load_corpus
 
     tokenizer = load_tokenizer(config.data.tokenizer or Path(config.data.corpus) / "tokenizer")
@@ -128,8 +129,11 @@ def build_run_state(
         if n_heldout
         else None
     )
+    language = corpus_language(config.data.corpus)
     tasks = {
-        name: get_task(name)(tokenizer, max_seq_len=config.data.max_seq_len, config=s.options)
+        name: get_task(name)(
+            tokenizer, max_seq_len=config.data.max_seq_len, config=s.options, language=language
+        )
         for name, s in config.tasks.items()
     }
     # Corpus-level structures: built once on disk (a new task's on first use), then mapped.

@@ -88,6 +88,8 @@ class PretrainTrainer(TrainEngine):
             self.print(self.data_message)
         if config.describe_defaults():
             self.print(config.describe_defaults())
+        if config.describe_left_out():
+            self.print(config.describe_left_out())
         self.print(self.precision.describe())
         self.print(f"{self.backend_name()}, {self.state.schedule.total_steps} steps")
 
@@ -245,19 +247,28 @@ class PretrainTrainer(TrainEngine):
                 continue
             loss_sum, correct, count = 0.0, 0.0, 0.0
             targets: Counter[int] = Counter()
+            subsets: dict[str, list[float]] = {}
             for batch in batches:
                 out = self.model([dict(batch, task=task)])[0]
-                metrics = self.state.tasks[task].metrics(out.logits.float(), out.targets)
+                logits = out.logits.float()
+                metrics = self.state.tasks[task].metrics(logits, out.targets)
                 loss_sum += out.loss.float().item() * metrics["count"]
                 correct += metrics["accuracy"] * metrics["count"]
                 count += metrics["count"]
                 targets.update(out.targets.flatten().tolist())
+                for name, (right, n) in (
+                    self.state.tasks[task].subset_metrics(logits, out.targets).items()
+                ):
+                    total = subsets.setdefault(name, [0.0, 0.0])
+                    total[0] += right
+                    total[1] += n
             if count:
                 results[task] = {
                     "loss": loss_sum / count,
                     "accuracy": correct / count,
                     # Always answering the most common target: what the accuracy is read against.
                     "majority": max(targets.values()) / sum(targets.values()),
+                    **{name: right / n for name, (right, n) in subsets.items() if n},
                 }
         self.logger.heldout(step, stage + 1, results)
         schedule = self.state.schedule

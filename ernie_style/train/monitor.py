@@ -65,12 +65,14 @@ class RunLogger:
         ]
         _append_csv(self.run_dir / HELDOUT_CSV, rows, _HELDOUT_FIELDS)
         for task, r in results.items():
+            extra = {k: v for k, v in r.items() if k not in ("loss", "accuracy", "majority")}
             self.scalars(
                 step,
                 {
                     f"heldout/{task}/loss": r["loss"],
                     f"heldout/{task}/acc": r["accuracy"],
                     f"heldout/{task}/majority_baseline": r["majority"],
+                    **{f"heldout/{task}/{name}": value for name, value in extra.items()},
                 },
             )
 

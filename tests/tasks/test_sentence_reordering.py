@@ -114,13 +114,16 @@ def _paragraph_doc():
     return document_from_sentences("d", [sentences, ["psi omega"]]), lengths
 
 
-@pytest.mark.parametrize("max_segments", [3, 4])
-def test_shown_segments_are_the_original_ones_in_the_labelled_order(greek, max_segments):
+@pytest.mark.parametrize(("max_segments", "min_segments"), [(3, 1), (4, 1), (3, 2), (4, 2)])
+def test_shown_segments_are_the_original_ones_in_the_labelled_order(
+    greek, max_segments, min_segments
+):
     doc, lengths = _paragraph_doc()
     sentence_ends = set(np.cumsum([n + 1 for n in lengths]).tolist())
     labels = Counter()
+    config = {"max_segments": max_segments, "min_segments": min_segments}
     for seed in range(1000):
-        tdoc, examples = _examples(greek, doc, seed, max_segments=max_segments)
+        tdoc, examples = _examples(greek, doc, seed, **config)
         assert len(examples) == 2  # one per paragraph
         for example, (start, end) in zip(examples, [(0, 19), (19, 21)], strict=True):
             labels[example.labels] += 1
@@ -133,10 +136,18 @@ def test_shown_segments_are_the_original_ones_in_the_labelled_order(greek, max_s
             assert _concat(original) == tdoc.tokens(start, end).tolist()
             cuts = np.cumsum([len(s) for s in original])  # every cut at a sentence boundary
             assert set(cuts.tolist()) <= sentence_ends | {2}
-    assert set(labels) == set(range(num_permutation_classes(max_segments)))
-    # m is uniform over 1..M for the five-sentence paragraph; the one-sentence one is never cut.
     per_m = Counter(len(class_to_permutation(c, max_segments)) for c in labels.elements())
-    assert abs(per_m[1] - 1000 - 1000 / max_segments) < 100
+    if min_segments == 1:  # ERNIE's draw: m uniform over 1..M for the five-sentence paragraph
+        assert set(labels) == set(range(num_permutation_classes(max_segments)))
+        assert abs(per_m[1] - 1000 - 1000 / max_segments) < 100
+    else:  # m uniform over 2..M: only the one-sentence paragraph is one segment (class 0)
+        assert set(labels) == set(range(num_permutation_classes(max_segments)))
+        assert per_m[1] == 1000
+        assert all(
+            abs(per_m[m] - 1000 / (max_segments - 1)) < 100
+            for m in range(2, 5)
+            if m <= max_segments
+        )
 
 
 def test_a_sentence_is_never_cut(greek):

@@ -30,9 +30,15 @@ def greek():
     return train_wordpiece([words] * 3, vocab_size=200, min_frequency=1)
 
 
+#: The labelling rule and the balancing mechanics are tested with every word labelled and one
+#: band; leaving out frequent words and balancing by frequency have tests of their own.
+PLAIN = {"frequent_words": 0, "balance_by_frequency": False}
+
+
 def _examples(tokenizer, doc, max_seq_len=64, seed=0, balance=False):
     """The labelling rule itself is tested unbalanced; balancing has tests of its own."""
-    task = TokenDocumentRelation(tokenizer, max_seq_len=max_seq_len, config={"balance": balance})
+    config = {"balance": balance, **PLAIN}
+    task = TokenDocumentRelation(tokenizer, max_seq_len=max_seq_len, config=config)
     tdoc = TokenizedDocument(doc, tokenizer)
     corpus = CorpusContext([doc], tokenizer)
     return tdoc, task.examples(tdoc, np.random.default_rng(seed), corpus)
@@ -143,7 +149,8 @@ def test_balance_turns_an_80_percent_majority_into_50(tokenizer, wiki_documents)
     corpus = CorpusContext(docs, tokenizer)
     rates = {}
     for balance in (False, True):
-        task = TokenDocumentRelation(tokenizer, max_seq_len=128, config={"balance": balance})
+        config = {"balance": balance, **PLAIN}
+        task = TokenDocumentRelation(tokenizer, max_seq_len=128, config=config)
         rng = np.random.default_rng(0)
         labels = [
             label
@@ -159,7 +166,7 @@ def test_balance_turns_an_80_percent_majority_into_50(tokenizer, wiki_documents)
 
 def test_head_and_loss_on_a_tiny_ernie(tokenizer, english_documents):
     backbone = tiny_backbone(len(tokenizer))
-    task = TokenDocumentRelation(tokenizer, max_seq_len=32)
+    task = TokenDocumentRelation(tokenizer, max_seq_len=32, config=PLAIN)
     corpus = CorpusContext(english_documents, tokenizer)
     examples = task.examples(corpus.tokenized(1), np.random.default_rng(0), corpus)
     batch = collate(examples, tokenizer.pad_token_id)
