@@ -9,6 +9,7 @@ the word's first sub-token); tasks phrased as questions: the label pointed at, o
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,23 @@ class SplitPredictions:
         if "f1_binary" in names:
             options["pos_label"] = 1
         return compute_metrics(names, self.raw, self.raw_references, **options)
+
+    def majority_metrics(self, names: Sequence[str]) -> dict[str, float] | None:
+        """The named metrics of always answering this split's most common label (every token
+        its most common tag): the baseline a classifier's figures are read against. None for
+        regression, ranking and question types, which have no majority class."""
+        task, references = self.task, self.raw_references
+        if not references or task.is_question:
+            return None
+        if task.type == "token_classification":
+            common = Counter(tag for row in references for tag in row).most_common(1)[0][0]
+            constant = [[common] * len(row) for row in references]
+            return _token_metrics(names, constant, references, task.labels or [])
+        if task.type not in ("classification", "pair_classification"):
+            return None
+        common = Counter(references).most_common(1)[0][0]
+        options = {"pos_label": 1} if "f1_binary" in names else {}
+        return compute_metrics(names, [common] * len(references), references, **options)
 
 
 def predict_split(
@@ -140,12 +158,18 @@ def write_predictions(path: Path, predictions: SplitPredictions) -> None:
     atomic_write(path, "\n".join(lines) + "\n")
 
 
-def metrics_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+def metrics_table(
+    results: Mapping[str, Mapping[str, Mapping[str, float]]],
+    baselines: Mapping[str, Mapping[str, float] | None] | None = None,
+) -> str:
     """Markdown table: one row per task and metric (only the task's own metrics), one column
-    per split, so every figure appears once and dev and test sit side by side."""
+    per split, so every figure appears once and dev and test sit side by side; with
+    `baselines` (task -> the test metrics of always answering the majority label), a last
+    column holds them beside the figures they are read against."""
     splits = list(dict.fromkeys(split for per_task in results.values() for split in per_task))
-    lines = ["| task | metric | " + " | ".join(splits) + " |"]
-    lines.append("|" + "---|" * (len(splits) + 2))
+    columns = [*splits, "test, majority label"] if baselines is not None else splits
+    lines = ["| task | metric | " + " | ".join(columns) + " |"]
+    lines.append("|" + "---|" * (len(columns) + 2))
     for task, per_task in results.items():
         names = dict.fromkeys(name for values in per_task.values() for name in values)
         for name in names:
@@ -153,5 +177,8 @@ def metrics_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> s
                 f"{per_task[split][name]:.4f}" if name in per_task.get(split, {}) else ""
                 for split in splits
             ]
+            if baselines is not None:
+                baseline = baselines.get(task) or {}
+                cells.append(f"{baseline[name]:.4f}" if name in baseline else "n/a")
             lines.append(f"| {task} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

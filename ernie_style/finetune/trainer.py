@@ -293,15 +293,19 @@ class FinetuneTrainer(TrainEngine):
 
             self.unwrapped.load_state_dict(load_file(str(best)))
         table: dict[str, dict[str, dict[str, float]]] = {}
+        baselines: dict[str, dict[str, float] | None] = {}
         for split in ("dev", "test"):
             for name, result in self.evaluate(split).items():
                 table.setdefault(name, {})[split] = result["metrics"]
-                if split == "test" and self.accelerator.is_main_process:
-                    path = self.run_dir / "predictions" / f"{name}.jsonl"
-                    write_predictions(path, result["predictions"])
+                if split == "test":
+                    predictions = result["predictions"]
+                    baselines[name] = predictions.majority_metrics(list(result["metrics"]))
+                    if self.accelerator.is_main_process:
+                        path = self.run_dir / "predictions" / f"{name}.jsonl"
+                        write_predictions(path, predictions)
         if self.accelerator.is_main_process:
             atomic_write(self.run_dir / "metrics.json", json.dumps(table, indent=2) + "\n")
-            atomic_write(self.run_dir / "metrics.md", metrics_table(table))
+            atomic_write(self.run_dir / "metrics.md", metrics_table(table, baselines))
             if self.unwrapped.sharing.exportable:
                 questions = [t for t in self.tasks.values() if t.is_question]
                 if questions and self.unwrapped.sharing.kind != "hard":

@@ -274,3 +274,31 @@ def test_span_metrics_compare_with_the_first_gold_span():
     # (3, 5) vs (4, 7): overlap 2, precision 2/3, recall 2/4 -> F1 4/7.
     assert span_f1(predicted, gold) == pytest.approx((1 + 4 / 7 + 0 + 0) / 4)
     assert exact_match([], []) == span_f1([], []) == 0.0
+
+
+def test_majority_baseline_beside_the_metrics():
+    from ernie_style.finetune.data import EncodedTask
+    from ernie_style.finetune.evaluation import SplitPredictions, metrics_table
+
+    def task(kind, labels):
+        return EncodedTask("t", kind, labels, {}, {}, collator=None)
+
+    classes = SplitPredictions(task("classification", ["neg", "pos"]), "test")
+    classes.raw, classes.raw_references = [1, 1, 0, 1], [1, 0, 0, 0]
+    assert classes.majority_metrics(["accuracy"]) == {"accuracy": 0.75}  # always "neg"
+    tags = SplitPredictions(task("token_classification", ["O", "B-PER", "I-PER"]), "test")
+    tags.raw_references = [[0, 1, 2, 0], [0, 0]]
+    assert tags.majority_metrics(["entity_f1"]) == {"entity_f1": 0.0}  # every token O
+    regression = SplitPredictions(task("regression", None), "test")
+    regression.raw_references = [0.5, 0.1]
+    assert regression.majority_metrics(["pearson"]) is None
+    table = metrics_table(
+        {
+            "t": {"dev": {"accuracy": 0.9}, "test": {"accuracy": 0.8}},
+            "r": {"test": {"pearson": 0.4}},
+        },
+        {"t": {"accuracy": 0.75}, "r": None},
+    )
+    assert "| task | metric | dev | test | test, majority label |" in table
+    assert "| t | accuracy | 0.9000 | 0.8000 | 0.7500 |" in table
+    assert "| r | pearson |  | 0.4000 | n/a |" in table
