@@ -30,6 +30,7 @@ COMMANDS = (
     "examples",
     "pretrain",
     "export",
+    "fill-mask",
     "finetune",
     "eval-suite",
     "evaluate",

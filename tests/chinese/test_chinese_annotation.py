@@ -120,8 +120,28 @@ def test_segmenters_give_words_entities_and_phrases(kind):
     assert 2 * precision * recall / (precision + recall) >= 0.75
 
 
-def test_the_vocabulary_is_one_token_per_character_and_masking_keeps_words_whole(chinese_corpus):
-    tokenizer = load_tokenizer(chinese_corpus / "tokenizer")
+def _bert_chinese_vocab(corpus_dir, folder):
+    """An existing BERT-Chinese-style tokenizer: a `vocab.txt` of special tokens, ASCII and the
+    corpus's characters, loaded by `BertTokenizerFast` (as bert-base-chinese ships)."""
+    from transformers import BertTokenizerFast
+
+    chars = sorted({c for row in load_corpus(corpus_dir) for c in row["text"] if not c.isspace()})
+    ascii_chars = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
+    folder.mkdir()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *ascii_chars, *chars]
+    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n", encoding="utf-8")
+    BertTokenizerFast.from_pretrained(str(folder)).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("vocabulary", ["trained", "bert_chinese_vocab_txt"])
+def test_the_vocabulary_is_one_token_per_character_and_masking_keeps_words_whole(
+    chinese_corpus, tmp_path, vocabulary
+):
+    folder = chinese_corpus / "tokenizer"
+    if vocabulary != "trained":  # data.tokenizer pointing at an existing Chinese vocabulary
+        folder = _bert_chinese_vocab(chinese_corpus, tmp_path / "bert_chinese")
+    tokenizer = load_tokenizer(folder)
     vocab = tokenizer.get_vocab()
     assert all(chr(c) in vocab for c in range(ord("a"), ord("z") + 1))  # ASCII always covered
     han_tokens = [t for t in vocab if HAN.search(t)]
