@@ -55,6 +55,36 @@ def terms(text: str) -> list[str]:
     return _TERM.findall(text.lower())
 
 
+def word_terms(doc: Document, word_start: int, word_end: int) -> list[str]:
+    """BM25 terms of words [start, end) of a document: its annotated words (a Chinese
+    segmenter's), lower-cased, punctuation left out. Chinese has no spaces, so `terms` would
+    make a whole clause one term."""
+    return [w.lower() for w in map(doc.word, range(word_start, word_end)) if _TERM.search(w)]
+
+
+#: Longest word `segment_with_index` looks up (characters).
+MAX_WORD_CHARS = 8
+_HAN_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+
+
+def segment_with_index(text: str, index: BM25Index) -> list[str]:
+    """BM25 terms of an unannotated Chinese text (a title), by forward maximum matching against
+    the words the index holds: at each position the longest indexed word wins, an unknown
+    character stands alone. Latin and digit runs are `terms` as usual."""
+    out, pos, text = [], 0, text.lower()
+    for run in _HAN_RUN.finditer(text):
+        out += terms(text[pos : run.start()])
+        start = run.start()
+        while start < run.end():
+            for end in range(min(run.end(), start + MAX_WORD_CHARS), start, -1):
+                if end == start + 1 or index.has_term(text[start:end]):
+                    out.append(text[start:end])
+                    start = end
+                    break
+        pos = run.end()
+    return out + terms(text[pos:])
+
+
 def term_hashes(terms: Sequence[str]) -> np.ndarray:
     """Stable 64-bit ids of terms (crc32 and adler32 side by side): the index stores these
     instead of a vocabulary dict, so it maps from disk with nothing to rebuild in RAM."""
@@ -162,6 +192,11 @@ class BM25Index:
             "groups": self.groups,
         }
 
+    def has_term(self, term: str) -> bool:
+        """Whether some passage holds `term`."""
+        where = int(np.searchsorted(self.term_hash, term_hashes([term])[0]))
+        return where < len(self.term_hash) and self.term_hash[where] == term_hashes([term])[0]
+
     def scores(self, query_terms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Passages sharing a term with the query (ascending) and their BM25 scores."""
         hashes = term_hashes(query_terms)
@@ -221,14 +256,21 @@ def passage_tokens(document: TokenizedDocument, span: tuple[int, int]) -> np.nda
     )
 
 
-def _passage_rows(documents: Sequence[Document], first: int, last: int, size: int) -> dict:
-    """Passages of documents [first, last): owner, word range, length, and postings rows."""
+def _passage_rows(
+    documents: Sequence[Document], first: int, last: int, size: int, by_words: bool = False
+) -> dict:
+    """Passages of documents [first, last): owner, word range, length, and postings rows;
+    terms are the annotated words with `by_words` (Chinese), else regex words."""
     doc_index, word_start, word_end, lengths, hashes, owners, counts = [], [], [], [], [], [], []
     for d in range(first, last):
         doc = documents[d]
         for start, end in passage_spans(doc, size):
-            text = doc.text[doc.sentence_starts[start] : doc.sentence_ends[end - 1]]
-            counted = Counter(terms(text))
+            if by_words:
+                first_word = doc.sentence_word_range(start)[0]
+                counted = Counter(word_terms(doc, first_word, doc.sentence_word_range(end - 1)[1]))
+            else:
+                text = doc.text[doc.sentence_starts[start] : doc.sentence_ends[end - 1]]
+                counted = Counter(terms(text))
             owners.append(np.full(len(counted), len(lengths), dtype=np.int64))
             hashes.append(term_hashes(list(counted)))
             counts.append(np.fromiter(counted.values(), dtype=np.int64, count=len(counted)))
@@ -251,7 +293,7 @@ def _passage_rows(documents: Sequence[Document], first: int, last: int, size: in
 _BUILD_DOCUMENTS: Sequence[Document] = ()
 
 
-def _rows_in_worker(job: tuple[int, int, int]) -> dict:
+def _rows_in_worker(job: tuple[int, int, int, bool]) -> dict:
     return _passage_rows(_BUILD_DOCUMENTS, *job)
 
 
@@ -274,14 +316,16 @@ class PassageTable:
         out: Path,
         num_proc: int = 1,
         chunk: int = 500,
+        by_words: bool = False,
     ) -> None:
         """Split every document into passages and index their terms (chunks of documents in
-        `num_proc` forked processes when there are several chunks); save the arrays in `out`."""
+        `num_proc` forked processes when there are several chunks); save the arrays in `out`.
+        `by_words`: terms are the annotated words (`word_terms`, for Chinese)."""
         global _BUILD_DOCUMENTS
         if not documents:
             raise ValueError("ir_relevance: no documents to index")
         total = len(documents)
-        jobs = [(f, min(f + chunk, total), max_sentences) for f in range(0, total, chunk)]
+        jobs = [(f, min(f + chunk, total), max_sentences, by_words) for f in range(0, total, chunk)]
         if num_proc > 1 and len(jobs) > 1:
             _BUILD_DOCUMENTS = documents
             try:
@@ -366,9 +410,12 @@ class IRRelevance(PairFileMixin, PretrainTask):
         next to a prepared corpus and memory-mapped, or held in RAM for an in-memory corpus."""
         size = self.config.passage_sentences
         procs = min(8, os.cpu_count() or 1) if corpus.index_root is not None else 1
+        by_words = self.language == "zh"
         return corpus.saved(
-            f"ir_relevance-bm25-p{size}",
-            lambda out: PassageTable.build(corpus.documents, size, out, num_proc=procs),
+            f"ir_relevance-bm25-p{size}" + ("-words" if by_words else ""),
+            lambda out: PassageTable.build(
+                corpus.documents, size, out, num_proc=procs, by_words=by_words
+            ),
             PassageTable.load,
         )
 
@@ -392,7 +439,7 @@ class IRRelevance(PairFileMixin, PretrainTask):
         doc, table = document.doc, self.passages(pool)
         own = self._own_index(document, corpus) if pool is corpus else -1
         spans = passage_spans(doc, self.config.passage_sentences)
-        for query_tokens, query_terms, skip_first in self._queries(document):
+        for query_tokens, query_terms, skip_first in self._queries(document, table.index):
             strong = [(max(s, int(skip_first)), e) for s, e in spans if e > int(skip_first)]
             strong = [s for s in strong if len(passage_tokens(document, s))]
             weak, _ = table.index.top_k(query_terms, self.config.top_k, exclude=own)
@@ -419,15 +466,24 @@ class IRRelevance(PairFileMixin, PretrainTask):
         ids = [i for i, d in enumerate(corpus.documents) if d.id == document.doc.id]
         return ids[0] if ids else -1
 
-    def _queries(self, document: TokenizedDocument) -> list[tuple[np.ndarray, list[str], bool]]:
-        """Query candidates in order of preference: (tokens, terms, is first sentence)."""
+    def _queries(
+        self, document: TokenizedDocument, index: BM25Index | None = None
+    ) -> list[tuple[np.ndarray, list[str], bool]]:
+        """Query candidates in order of preference: (tokens, terms, is first sentence). On
+        Chinese the title is segmented against the index's words and the first sentence's terms
+        are its segmenter words."""
         doc, out = document.doc, []
-        if terms(doc.title):
-            out.append(
-                (tokenize_text(doc.title, self.tokenizer).token_ids, terms(doc.title), False)
-            )
+        chinese = self.language == "zh" and index is not None
+        title_terms = segment_with_index(doc.title, index) if chinese else terms(doc.title)
+        if title_terms:
+            out.append((tokenize_text(doc.title, self.tokenizer).token_ids, title_terms, False))
         if doc.num_sentences:
-            out.append((document.sentence_tokens(0), terms(doc.sentence(0)), True))
+            first = (
+                word_terms(doc, *doc.sentence_word_range(0))
+                if self.language == "zh"
+                else terms(doc.sentence(0))
+            )
+            out.append((document.sentence_tokens(0), first, True))
         return out
 
     def _draw_weak(

@@ -147,3 +147,22 @@ def test_sentence_reordering_gives_multi_sentence_paragraphs_two_segments_or_mor
     # Only paragraphs of one sentence stay one segment (a window may hold one sentence too).
     assert default <= single_sentence + 0.05
     assert ernie > default + 0.15
+
+
+def test_ir_relevance_indexes_chinese_segmenter_words(chinese_corpus):
+    from pretrain_tasks.ir_relevance import IRRelevance, segment_with_index
+
+    tokenizer, documents = _chinese(chinese_corpus)
+    task = IRRelevance(tokenizer, max_seq_len=128, language="zh")
+    corpus = CorpusContext(documents, tokenizer)
+    index = task.passages(corpus).index
+    # BM25 terms are segmenter words: 长江 is one, the clause it opens is none.
+    assert index.has_term("长江") and index.has_term("北京大学")
+    assert not index.has_term("长江是中国最长的河流")
+    # An unannotated title is segmented against the indexed words (longest match first).
+    assert segment_with_index("北京大学的人工智能实验室", index)[:2] == ["北京大学", "的"]
+    rng, labels = np.random.default_rng(0), Counter()
+    for document in documents:
+        for example in task.examples(TokenizedDocument(document, tokenizer), rng, corpus):
+            labels[example.labels] += 1
+    assert set(labels) == {0, 1, 2}  # strong, weak (BM25 neighbours), irrelevant
