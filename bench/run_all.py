@@ -52,6 +52,15 @@ BENCHES = (
         "the bundled 100-article Wikipedia sample; 1 vs 2 processes.",
     ),
     Bench(
+        "prepare_zh",
+        "bench/chinese_prepare.py",
+        (),
+        "Chinese annotation",
+        "LAC and jieba on the MSRA NER test text (one core): our annotation vs the plain "
+        "segmenter + tagger, entity F1 against MSRA's labels; Chinese `prepare` 1 vs 2 "
+        "processes; knowledge masking tokens/s on Chinese vs English.",
+    ),
+    Bench(
         "examples",
         "bench/example_throughput.py",
         (),
