@@ -25,7 +25,9 @@ def run(args: argparse.Namespace) -> int:
     from ernie_style.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.model, key="--model")
-    model = AutoModelForMaskedLM.from_pretrained(args.model, local_files_only=True).eval()
+    model = AutoModelForMaskedLM.from_pretrained(
+        args.model, local_files_only=True, trust_remote_code=False
+    ).eval()
     fill = pipeline("fill-mask", model=model, tokenizer=tokenizer, top_k=args.top_k)
     for text in args.text:
         if "[MASK]" in text and tokenizer.mask_token != "[MASK]":

@@ -34,7 +34,8 @@ def encoder_dir(tmp_path_factory) -> Path:
 def test_every_finetune_config_loads(path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the shipped configs name their data relative to the repository
     config = load_config(FinetuneConfig, path)
-    assert config.tasks and config.encoder == "runs/demo/release"
+    demo = "runs/demo_zh" if "_zh" in path.name else "runs/demo"  # the release a demo writes
+    assert config.tasks and config.encoder == f"{demo}/release"
 
 
 @pytest.mark.parametrize("fragment", METHODS)
