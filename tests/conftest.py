@@ -27,12 +27,21 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked `slow` (minutes each) go first, then the rest, each group in
-    pytest-randomly's shuffled order. `make test` hands whole files to the workers in this order
-    (pytest-xdist `--dist loadfile --no-loadscope-reorder`: a module's fixtures are built once,
-    not once per worker), so the files with long runs start at once and the short ones fill
-    the cores around them instead of one long test running alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Tests marked `slow` (minutes each) start first, shared out among the workers, so that the
+    long runs overlap the short tests instead of one running alone at the end. pytest-xdist's
+    `worksteal` hands worker k the k-th contiguous block of the collection, so the order is: for
+    each worker, its share of the slow tests, then its share of the rest. Runs after
+    pytest-randomly's shuffle and keeps its order within each group; every worker computes the
+    same order, as xdist requires."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    rest = [item for item in items if item.get_closest_marker("slow") is None]
+    ordered: list[pytest.Item] = []
+    for k in range(workers):
+        ordered += (
+            slow[k::workers] + rest[k * len(rest) // workers : (k + 1) * len(rest) // workers]
+        )
+    items[:] = ordered
 
 
 ENGLISH_PARAGRAPHS = [
