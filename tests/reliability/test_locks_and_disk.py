@@ -44,12 +44,14 @@ time.sleep(120)
 """
 
 #: Holds the lock, forks a child that outlives it (like a DataLoader worker), then is killed.
+#: The child says "forked" once it runs (after the at-fork handlers), the parent its pid.
 HOLDER_WITH_CHILD = """
 import os, sys, time
 from ernie_style.run_lock import RunLock
 RunLock(sys.argv[1], "pretrain").acquire()
 child = os.fork()
 if child == 0:
+    print("forked", flush=True)
     time.sleep(60)
     os._exit(0)
 print(child, flush=True)
@@ -98,7 +100,9 @@ def test_a_forked_child_does_not_keep_a_killed_holders_lock(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER_WITH_CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True
     )
-    child = int(holder.stdout.readline())
+    lines = {holder.stdout.readline().strip() for _ in range(2)}  # either order
+    assert "forked" in lines, lines
+    child = int((lines - {"forked"}).pop())
     try:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
