@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ernie-style pretrain --config configs/pretrain/demo_cpu.yaml \
 		data.corpus=$(DEMO_DIR)/corpus output_dir=$(DEMO_DIR)/pretrain --resume auto
 	$(VENV)/bin/ernie-style export --run $(DEMO_DIR)/pretrain --output $(DEMO_DIR)/release
-	$(VENV)/bin/ernie-style finetune --config configs/finetune/demo_multitask.yaml \
+	$(VENV)/bin/ernie-style finetune --config configs/finetune/demo_en_multitask.yaml \
 		encoder=$(DEMO_DIR)/release output_dir=$(DEMO_DIR)/finetune --resume auto
 	@echo "release: $(DEMO_DIR)/release  (forgetting plot: $(DEMO_DIR)/pretrain/heldout_loss.png)"
 	@echo "fine-tuned: $(DEMO_DIR)/finetune/metrics.md, per-task models in $(DEMO_DIR)/finetune/tasks/"
