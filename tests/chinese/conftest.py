@@ -55,3 +55,32 @@ def chinese_corpus(chinese_jsonl, tmp_path_factory):
     config = PrepareConfig(tokenizer_vocab_size=600, tokenizer_min_frequency=1)
     prepare_corpus([chinese_jsonl], output, config, echo=lambda line: None)
     return output
+
+
+@pytest.fixture(scope="session")
+def chinese_news():
+    """(documents, tokenizer): 600 documents of real news text, each two paragraphs of four
+    sentences taken in order from the shipped MSRA-NER training set, with jieba's words; and a
+    character vocabulary trained on them."""
+    from ernie_style.corpus.annotate import RawDocument
+    from ernie_style.corpus.chinese import JiebaAnnotator
+    from ernie_style.testing import ROOT
+    from ernie_style.tokenizer import train_wordpiece
+
+    path = ROOT / "data" / "suites" / "cpu_zh" / "msra_ner" / "train.jsonl"
+    with path.open(encoding="utf-8") as handle:
+        sentences = ["".join(json.loads(line)["tokens"]) for line in handle]
+    sentences = [s for s in sentences if s.endswith(("。", "！", "？"))]
+    raw = [
+        RawDocument(
+            id=f"news-{d}",
+            title="",
+            text="".join(sentences[8 * d : 8 * d + 4])
+            + "\n\n"
+            + "".join(sentences[8 * d + 4 : 8 * d + 8]),
+        )
+        for d in range(600)
+    ]
+    documents = JiebaAnnotator().annotate(raw)
+    tokenizer = train_wordpiece([d.text for d in documents], vocab_size=3000, min_frequency=1)
+    return documents, tokenizer

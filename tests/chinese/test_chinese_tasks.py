@@ -1,6 +1,8 @@
 """Every task on Chinese text, and the surface shortcuts closed for both languages (issue 26):
 capitalization left out on caseless text, Chinese connectives, token-document relation that
-word frequency cannot predict, sentence reordering that the [SEP] count cannot give away."""
+word frequency cannot predict, sentence reordering that the [SEP] count cannot give away; and
+the shortcut audit on real Chinese news (MSRA): sentence endings, segment lengths and word
+frequency tell sentence reordering, sentence distance and token-document relation nothing."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pretrain_tasks.discourse_relation import (
     match_marker_zh,
     strip_markers,
 )
+from pretrain_tasks.sentence_distance import SentenceDistance
 from pretrain_tasks.sentence_reordering import SentenceReordering
 from pretrain_tasks.token_document_relation import TokenDocumentRelation
 
@@ -88,15 +91,18 @@ def test_pair_file_markers_in_chinese():
     assert strip_markers("但是，他说因此我们走了。", "因此", "zh") == "他说我们走了。"
 
 
-def _labelled_words(task, documents, tokenizer):
-    """(first-token id, label) of every labelled word of the task's examples."""
+def _labelled_words(task, documents, tokenizer, seeds=(0,)):
+    """(first-token id, label) of every labelled word of the task's examples, one pass over
+    the documents per seed."""
     corpus = CorpusContext(documents, tokenizer)
-    rng, out = np.random.default_rng(0), []
-    for document in documents:
-        for example in task.examples(TokenizedDocument(document, tokenizer), rng, corpus):
-            for token, label in zip(example.input_ids, example.labels, strict=True):
-                if label != IGNORE_INDEX:
-                    out.append((token, label))
+    out = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        for document in documents:
+            for example in task.examples(TokenizedDocument(document, tokenizer), rng, corpus):
+                for token, label in zip(example.input_ids, example.labels, strict=True):
+                    if label != IGNORE_INDEX:
+                        out.append((token, label))
     return out
 
 
@@ -166,3 +172,91 @@ def test_ir_relevance_indexes_chinese_segmenter_words(chinese_corpus):
         for example in task.examples(TokenizedDocument(document, tokenizer), rng, corpus):
             labels[example.labels] += 1
     assert set(labels) == {0, 1, 2}  # strong, weak (BM25 neighbours), irrelevant
+
+
+def _segments(example, sep_id):
+    """The segments an example shows, split at [SEP] (without [CLS])."""
+    segments, current = [], []
+    for token in example.input_ids[1:]:
+        if token == sep_id:
+            segments.append(current)
+            current = []
+        else:
+            current.append(token)
+    return segments
+
+
+def _lookup_accuracy(features, labels, key):
+    """A lookup table from `key(features)` to the majority label, fitted on the first half of
+    the examples and scored on the second half (unseen keys get the overall majority)."""
+    half = len(labels) // 2
+    table: dict = defaultdict(Counter)
+    for feature, label in zip(features[:half], labels[:half], strict=True):
+        table[key(feature)][label] += 1
+    majority = Counter(labels[:half]).most_common(1)[0][0]
+    hits = [
+        (table[key(f)].most_common(1)[0][0] if key(f) in table else majority) == y
+        for f, y in zip(features[half:], labels[half:], strict=True)
+    ]
+    return sum(hits) / len(hits)
+
+
+@pytest.mark.parametrize("task_class", [SentenceReordering, SentenceDistance])
+def test_chinese_surface_cues_tell_no_more_than_the_segment_count(chinese_news, task_class):
+    """The issue's shortcut audit on Chinese news: which segments end in 。！？, the rank order
+    of the segment lengths and their lengths in 8-token bands predict the label no better than
+    the number of segments alone (visible by design: the m of a reordering)."""
+    documents, tokenizer = chinese_news
+    task = task_class(tokenizer, max_seq_len=128, language="zh")
+    corpus = CorpusContext(documents, tokenizer)
+    examples = []
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        for i in range(len(documents)):
+            examples += task.examples(corpus.tokenized(i), rng, corpus)
+    terminators = set(tokenizer.convert_tokens_to_ids(list("。！？")))
+    features, labels = [], [int(example.labels) for example in examples]
+    for example in examples:
+        segments = _segments(example, tokenizer.sep_token_id)
+        lengths = [len(s) for s in segments]
+        features.append(
+            (
+                len(segments),
+                tuple(bool(s) and s[-1] in terminators for s in segments),
+                tuple(np.argsort(lengths, kind="stable").tolist()),
+                tuple(min(n // 8, 6) for n in lengths),
+            )
+        )
+    by_count = _lookup_accuracy(features, labels, lambda f: f[0])
+    by_surface = {
+        "ending": _lookup_accuracy(features, labels, lambda f: f[:2]),
+        "length order": _lookup_accuracy(features, labels, lambda f: (f[0], f[2])),
+        "length bands": _lookup_accuracy(features, labels, lambda f: (f[0], f[3])),
+    }
+    print(f"{task.name}: by segment count {by_count:.3f}, by surface {by_surface}")
+    assert len(examples) > 3000 and by_count < 0.5  # enough examples, and no giveaway by count
+    for cue, accuracy in by_surface.items():
+        assert accuracy <= by_count + 0.04, (cue, accuracy, by_count)
+
+
+def test_word_frequency_does_not_predict_token_document_relation_on_chinese(chinese_news):
+    """The frequency audit of the English test above, on jieba's words of Chinese news (short
+    documents label about one word each, so four passes)."""
+    documents, tokenizer = chinese_news
+    task = TokenDocumentRelation(tokenizer, max_seq_len=128, language="zh")
+    fit = _labelled_words(task, documents[0::2], tokenizer, seeds=range(4))
+    test = _labelled_words(task, documents[1::2], tokenizer, seeds=range(4))
+    counts = Counter(
+        token for document in documents[0::2] for token in _tokens(document, tokenizer)
+    )
+    frequent = {token for token, _ in counts.most_common(300)}
+    stump = np.mean([int(token in frequent) == label for token, label in test])
+    by_band: dict[int, Counter] = defaultdict(Counter)
+    for token, label in fit:
+        by_band[int(np.log2(counts[token] + 1))][label] += 1
+    band_majority = {band: c.most_common(1)[0][0] for band, c in by_band.items()}
+    banded = np.mean([band_majority.get(int(np.log2(counts[t] + 1)), 1) == y for t, y in test])
+    majority = max(Counter(y for _, y in test).values()) / len(test)
+    print(f"stump {stump:.3f}, frequency bands {banded:.3f}, majority {majority:.3f}")
+    assert len(test) > 500 and majority < 0.56
+    assert stump < 0.58 and banded < 0.58
