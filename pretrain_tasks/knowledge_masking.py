@@ -318,8 +318,9 @@ class KnowledgeMasking(PretrainTask):
                 if not self._warned:
                     warnings.warn(
                         f"knowledge_masking: document {document.doc.id!r} has no phrase or "
-                        "entity annotation (prepared with --annotator none?); falling back "
-                        "to word masking",
+                        "entity (a corpus prepared with --annotator none has none; with a "
+                        "tagger, a short document may have none); documents without them "
+                        "fall back to word masking (said once per run)",
                         stacklevel=2,
                     )
                     self._warned = True

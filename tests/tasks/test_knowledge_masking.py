@@ -214,7 +214,7 @@ def test_unannotated_documents_fall_back_to_word_masking_with_one_warning(greek)
     doc = document_from_sentences("d", [_sentences(4), _sentences(4, offset=3)])
     assert not doc.has_annotations
     task = _task(greek, max_seq_len=16, level_weights={"entity": 1.0})
-    with pytest.warns(UserWarning, match="falling back to word masking"):
+    with pytest.warns(UserWarning, match="fall back to word masking"):
         _, examples = _run(task, doc, 0)
     assert len(examples) == len(windows_of(TokenizedDocument(doc, greek), 14)) == 8
     for ex in examples:
