@@ -103,6 +103,57 @@ def test_examples_obey_the_contract(name, corpus, sample_tokenizer):
         assert len({e.labels for e in examples}) >= 2, "a sequence task should use >1 label"
 
 
+@pytest.fixture(scope="module", params=["byte_level_bpe", "unigram"])
+def family_tokenizer(request, sample_documents):
+    """RoBERTa's byte-level BPE or XLM-R's Unigram, cased, trained on the sample documents."""
+    from ernie_style.testing import tokenizers
+
+    train = getattr(tokenizers, f"train_{request.param}")
+    return train([d.text for d in sample_documents], vocab_size=1500)
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_other_families_tokenizers_obey_the_contract(name, sample_documents, family_tokenizer):
+    """Every task on a byte-level BPE and a Unigram vocabulary: the special tokens are the
+    tokenizer's (`<s>`, `</s>`), and every segment is whole words of the documents (word
+    boundaries come from the corpus's word spans, never from `##` prefixes), but for its last
+    word, which truncation may cut. Capitalization refuses these cased vocabularies: with case
+    in the input, every label would be readable from it."""
+    tokenizer = family_tokenizer
+    task_cls = registered_tasks()[name]
+    if name == "capitalization":
+        with pytest.raises(ValueError, match="the tokenizer keeps case"):
+            task_cls(tokenizer, max_seq_len=MAX_SEQ_LEN)
+        return
+    task = task_cls(tokenizer, max_seq_len=MAX_SEQ_LEN)
+    corpus = CorpusContext(sample_documents, tokenizer)
+    examples = _all_examples(task, corpus, seed=0)
+    assert len(examples) >= 5, f"{name} made only {len(examples)} examples from 6 articles"
+    assert tokenizer.convert_ids_to_tokens([tokenizer.cls_token_id]) == ["<s>"]
+    words = {w for d in sample_documents for w in d.words()}
+    for example in examples:
+        _check_layout(example, task_cls, task, tokenizer)
+        ids = list(example.input_ids)
+        if name == "knowledge_masking":  # put the masked tokens back (labels hold the originals)
+            ids = [i if y == IGNORE_INDEX else y for i, y in zip(ids, example.labels, strict=True)]
+        for segment in _segments(ids[1:], tokenizer.sep_token_id):
+            *whole, last = tokenizer.decode(segment).split() or [""]
+            assert set(whole) <= words, (name, set(whole) - words)
+            assert any(word.startswith(last) for word in words), (name, last)
+
+
+def _segments(ids: list[int], sep_id: int) -> list[list[int]]:
+    """`ids` split at `sep_id` (empty pieces dropped: RoBERTa's pair layout repeats `</s>`)."""
+    pieces, current = [], []
+    for token in ids:
+        if token == sep_id:
+            pieces.append(current)
+            current = []
+        else:
+            current.append(token)
+    return [piece for piece in [*pieces, current] if piece]
+
+
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_examples_are_deterministic_for_a_seed(name, corpus, sample_tokenizer):
     task = registered_tasks()[name](sample_tokenizer, max_seq_len=MAX_SEQ_LEN)
