@@ -1,8 +1,11 @@
 """Capitalization prediction (ERNIE 2.0): does each word begin with an upper-case letter in the
 original text? The model sees lower-cased input, so the case has to be inferred from context
-(names, sentence starts, acronyms). A tokenizer that keeps case (`prepare --cased`) would put
-the label in the input, so the task refuses it. Words without a cased letter (numbers,
-punctuation) carry no label.
+(names, sentence starts, acronyms). Words without a cased letter (numbers, punctuation) carry no
+label.
+
+With an uncased vocabulary (BERT-uncased, ERNIE) the corpus's token table is already lower-cased.
+A vocabulary that keeps case (RoBERTa, XLM-R, DeBERTa-v3, `prepare --cased`) would put the label
+in the input, so on one the task tokenizes the lower-cased words of each window itself.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from ernie_style.pretrain.examples import (
     CorpusContext,
     Example,
     TokenizedDocument,
+    assemble,
     sentence_windows,
 )
 from ernie_style.pretrain.heads import TaskHead, TokenClassificationHead
@@ -61,12 +65,8 @@ class Capitalization(PretrainTask):
         self, tokenizer: Any, max_seq_len: int = 128, config: Any = None, language: str = "en"
     ) -> None:
         super().__init__(tokenizer, max_seq_len, config, language)
-        if keeps_case(tokenizer):
-            raise ValueError(
-                "capitalization: the tokenizer keeps case (prepared with --cased?), so every "
-                "label would be readable from the input; use an uncased tokenizer for this task "
-                "or leave the task out"
-            )
+        #: A cased vocabulary: the words are lower-cased and tokenized here (see module doc).
+        self.lowercase_words = keeps_case(tokenizer)
 
     @property
     def num_labels(self) -> int:
@@ -81,10 +81,32 @@ class Capitalization(PretrainTask):
         out = []
         for start, end in sentence_windows(document, self.max_seq_len - 2):
             word_labels = [capitalization_label(doc.word(i)) for i in range(start, end)]
-            example = self.word_label_example(document, start, end, word_labels)
+            if self.lowercase_words:
+                words = [doc.word(i).lower() for i in range(start, end)]
+                example = self._lowercased_example(words, word_labels)
+            else:
+                example = self.word_label_example(document, start, end, word_labels)
             if example is not None:
                 out.append(example)
         return out
+
+    def _lowercased_example(self, words: list[str], word_labels: list[int]) -> Example | None:
+        """`word_label_example` for lower-cased `words` tokenized here (a cased vocabulary)."""
+        encoding = self.tokenizer.backend_tokenizer.encode(
+            words, is_pretokenized=True, add_special_tokens=False
+        )
+        labels, previous = [], None
+        for word in encoding.word_ids:
+            first = word is not None and word != previous
+            labels.append(word_labels[word] if first else IGNORE_INDEX)
+            previous = word
+        tok = self.tokenizer
+        ids, types, token_labels = assemble(
+            [encoding.ids], self.max_seq_len, tok.cls_token_id, tok.sep_token_id, [labels]
+        )
+        if token_labels is None or all(label == IGNORE_INDEX for label in token_labels):
+            return None
+        return Example(self.name, self.task_id, ids, types, token_labels)
 
     def build_head(self, backbone: nn.Module) -> TaskHead:
         """Binary classifier per token."""

@@ -9,6 +9,7 @@ from typing import Any
 from ernie_style.components import balancer_registry
 from ernie_style.config import option
 from ernie_style.defaults import MLM_TASK, Precision
+from ernie_style.pretrain.families import ARCHITECTURES
 from ernie_style.pretrain.model import MODEL_PRESETS
 from ernie_style.pretrain.schedule import (
     CURRICULA,
@@ -27,6 +28,11 @@ class ModelSection:
     """Encoder architecture."""
 
     preset: str = option("tiny", "encoder size: micro (tests) | tiny | small | base | large")
+    architecture: str = option(
+        "ernie",
+        "encoder family: ernie | bert | roberta | xlm-roberta | deberta-v2 | modernbert | "
+        "electra | auto (with init_from: the checkpoint's own model_type)",
+    )
     init_from: str | None = option(
         None,
         "local encoder to start from: a release, an ERNIE or a BERT-family HF directory (its "
@@ -45,6 +51,11 @@ class ModelSection:
         """Check the preset name and ranges."""
         if self.preset not in MODEL_PRESETS:
             raise ValueError(f"model.preset {self.preset!r} is not one of {list(MODEL_PRESETS)}")
+        families = ("ernie", "auto", *ARCHITECTURES)
+        if self.architecture not in families:
+            raise ValueError(
+                f"model.architecture {self.architecture!r} is not one of {', '.join(families)}"
+            )
         if self.attn_implementation not in ("auto", "sdpa", "eager", "ernie_cpu"):
             raise ValueError(
                 f"model.attn_implementation {self.attn_implementation!r} is not one of "

@@ -16,10 +16,11 @@ from typing import Any
 
 import yaml
 from safetensors.torch import load_file, save_file
-from transformers import ErnieConfig, ErnieForMaskedLM
+from transformers import CONFIG_MAPPING, ErnieConfig, ErnieForMaskedLM
 
 from ernie_style.defaults import MLM_TASK
 from ernie_style.fileio import atomic_dir
+from ernie_style.pretrain.families import save_family_release
 from ernie_style.tokenizer import load_tokenizer
 from ernie_style.train.checkpoint import find_resumable, load_tensors, verify
 
@@ -53,12 +54,16 @@ def export_release(run_dir: str | Path, output: str | Path, checkpoint: str | No
     state = json.loads((source / "trainer_state.json").read_text(encoding="utf-8"))
     run_config = yaml.safe_load((source / "config.yaml").read_text(encoding="utf-8"))
     weights = load_tensors(source / "model.safetensors")
-    config = ErnieConfig.from_dict(
-        json.loads((source / "backbone_config.json").read_text(encoding="utf-8"))
-    )
-    config.architectures = ["ErnieForMaskedLM"]
+    raw_config = json.loads((source / "backbone_config.json").read_text(encoding="utf-8"))
+    if raw_config.get("model_type", "ernie") == "ernie":
+        config = ErnieConfig.from_dict(raw_config)
+        config.architectures = ["ErnieForMaskedLM"]
+        write_model = _write_model
+    else:  # another family: its stock *ForMaskedLM, without ERNIE's additions
+        config = CONFIG_MAPPING[raw_config["model_type"]].from_dict(raw_config)
+        write_model = save_family_release
     with atomic_dir(output) as tmp:  # the previous release stays until this one is complete
-        _write_model(weights, config, tmp)
+        write_model(weights, config, tmp)
         load_tokenizer(source / "tokenizer").save_pretrained(str(tmp))
         heads = {k: v for k, v in weights.items() if k.startswith("heads.")}
         save_file({k: v.contiguous() for k, v in heads.items()}, str(tmp / HEADS_FILE))
@@ -132,6 +137,39 @@ def _precision_line(precision: dict[str, str]) -> str:
     return f"{dtype} (precision {precision['requested']}: {precision.get('reason', '')})"
 
 
+def _is_ernie(config: Any) -> bool:
+    return getattr(config, "model_type", "ernie") == "ernie"
+
+
+def _additions_line(config: Any) -> str:
+    if _is_ernie(config):
+        return (
+            f"task embeddings (`use_task_id: true`, {config.task_type_vocab_size} rows), "
+            f"{config.type_vocab_size} segment types"
+        )
+    return (
+        f"a stock `{config.model_type}` checkpoint (the task and extra segment rows used in "
+        "pretraining are dropped: they are zero for the default task and segment)"
+    )
+
+
+def _task_ids_line(config: Any) -> str:
+    if _is_ernie(config):
+        return (
+            "Pass `task_type_ids` (a tensor filled with a task id) to use a task's embedding; "
+            "without it,\nthe model uses row 0."
+        )
+    return "The model takes the inputs of its architecture; it computes what pretraining did."
+
+
+def _model_class(config: Any) -> str:
+    if _is_ernie(config):
+        return "ErnieModel"
+    from transformers import MODEL_MAPPING
+
+    return MODEL_MAPPING[type(config)].__name__
+
+
 def model_card(tasks: dict[str, Any], config: ErnieConfig, source: Path) -> str:
     """The release's README.md."""
     rows = "\n".join(
@@ -150,20 +188,18 @@ Continual multi-task pretraining: {tasks["steps"]} steps, {tasks["tokens_seen"]:
 corpus `{tasks["corpus"]}`, sequence length {tasks["max_seq_len"]}, exported from `{source}`.
 Trained in {_precision_line(tasks["precision"])}.
 Encoder: {config.num_hidden_layers} layers, hidden {config.hidden_size},
-{config.num_attention_heads} heads, vocabulary {config.vocab_size}, task embeddings
-(`use_task_id: true`, {config.task_type_vocab_size} rows), {config.type_vocab_size} segment types.
+{config.num_attention_heads} heads, vocabulary {config.vocab_size}, {_additions_line(config)}.
 
 | task | task id | iterations per stage | iterations done |
 |---|---|---|---|
 {rows}
 
-Pass `task_type_ids` (a tensor filled with a task id) to use a task's embedding; without it,
-the model uses row 0.
+{_task_ids_line(config)}
 
 ```python
 from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer, pipeline
 tokenizer = AutoTokenizer.from_pretrained(PATH)
-encoder = AutoModel.from_pretrained(PATH)          # ErnieModel
+encoder = AutoModel.from_pretrained(PATH)          # {_model_class(config)}
 fill = pipeline("fill-mask", model=PATH, tokenizer=PATH)
 ```
 

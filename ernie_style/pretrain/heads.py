@@ -70,6 +70,10 @@ class MaskedLMHead(TaskHead):
         super().__init__()
         from transformers.models.ernie.modeling_ernie import ErniePredictionHeadTransform
 
+        if hasattr(backbone, "masked_lm_logits"):  # another family: its own head, in the backbone
+            self.__dict__["family_head"] = backbone.masked_lm_logits
+            return
+        self.__dict__["family_head"] = None
         config = backbone.config
         self.transform = ErniePredictionHeadTransform(config)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
@@ -81,6 +85,8 @@ class MaskedLMHead(TaskHead):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Vocabulary logits at masked positions."""
         hidden, targets = _labelled(sequence_output, labels)
+        if self.family_head is not None:
+            return self.family_head(hidden), targets
         hidden = self.transform(hidden)
         weight = self.word_embeddings.weight
         return nn.functional.linear(hidden, weight.to(hidden.dtype), self.bias.to(hidden.dtype)), (

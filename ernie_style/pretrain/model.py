@@ -93,10 +93,11 @@ class ErniePretrainingModel(nn.Module):
         """Create the head of a new task (e.g. when resuming with newly added tasks)."""
         if task.name in self.heads:
             raise ValueError(f"task {task.name!r} already has a head")
-        if task.task_id >= self.config.task_type_vocab_size:
+        rows = getattr(self.config, "task_type_vocab_size", TASK_TYPE_VOCAB_SIZE)
+        if task.task_id >= rows:
             raise ValueError(
                 f"task {task.name!r} has task id {task.task_id} but the model's task embedding "
-                f"table has {self.config.task_type_vocab_size} rows"
+                f"table has {rows} rows"
             )
         self.tasks[task.name] = task
         head = task.build_head(self.backbone)
@@ -113,7 +114,8 @@ class ErniePretrainingModel(nn.Module):
         pooler output is unused), so every batch runs the same modules in the same order whatever
         its data, which DeepSpeed ZeRO-3's parameter gathering requires across processes.
         """
-        plan = plan_packing(batch["attention_mask"]) if self.pack_sequences else None
+        packable = self.pack_sequences and isinstance(self.backbone, ErnieModel)
+        plan = plan_packing(batch["attention_mask"]) if packable else None
         if plan is not None and plan.worthwhile:
             additive = torch.float32 if uses_additive_mask(self.backbone) else None
             packed = pack_batch(batch, additive_mask_dtype=additive, plan=plan)

@@ -23,9 +23,18 @@ from ernie_style.cpu_kernels import CPU_ATTENTION, resolve_attention, use_cpu_ke
 from ernie_style.defaults import MLM_TASK
 from ernie_style.pretrain.config import PretrainConfig
 from ernie_style.pretrain.examples import CorpusContext, collate
+from ernie_style.pretrain.families import (
+    ARCHITECTURES,
+    FamilyBackbone,
+    build_family_backbone,
+    family_config,
+    load_family_backbone,
+    resolve_architecture,
+)
 from ernie_style.pretrain.init_from import load_encoder_checkpoint
 from ernie_style.pretrain.loader import DataStreams, StepLayout
 from ernie_style.pretrain.model import (
+    MODEL_PRESETS,
     ErniePretrainingModel,
     build_backbone_config,
 )
@@ -143,7 +152,9 @@ def build_run_state(
     schedule = config.build_schedule()
     backbone, mlm_head = _build_backbone(config, tokenizer)
     attention = resolve_attention(config.model.attn_implementation, device_type)
-    if attention == CPU_ATTENTION:
+    if isinstance(backbone, FamilyBackbone):
+        pass  # the family's own attention (SDPA where transformers has it); no ERNIE kernels
+    elif attention == CPU_ATTENTION:
         use_cpu_kernels(backbone)
     else:
         backbone.config._attn_implementation = attention
@@ -165,9 +176,12 @@ def build_run_state(
 
 def _build_backbone(
     config: PretrainConfig, tokenizer: Any
-) -> tuple[ErnieModel, dict[str, torch.Tensor]]:
+) -> tuple[ErnieModel | FamilyBackbone, dict[str, torch.Tensor]]:
     """A fresh backbone of `model.preset`, or the `model.init_from` encoder (its architecture)
     with its masked-LM head weights if it has one."""
+    family = resolve_architecture(config.model.architecture, config.model.init_from)
+    if family != "ernie":
+        return _build_family_backbone(config, tokenizer, family), {}
     if config.model.init_from:
         torch.manual_seed(config.seed)  # what the checkpoint lacks (task embeddings) starts seeded
         backbone, mlm_head = load_encoder_checkpoint(config.model.init_from)
@@ -188,6 +202,38 @@ def _build_backbone(
         attention_probs_dropout_prob=config.model.dropout,
     )
     return ErnieModel(backbone_config), {}
+
+
+def _build_family_backbone(config: PretrainConfig, tokenizer: Any, family: str) -> FamilyBackbone:
+    """A `FamilyBackbone` of `model.architecture` (sizes of `model.preset`), or of the
+    `model.init_from` checkpoint of that family."""
+    torch.manual_seed(config.seed)
+    if config.model.init_from:
+        backbone = load_family_backbone(config.model.init_from)
+        if backbone.config.model_type != family:
+            raise ValueError(
+                f"model.init_from {config.model.init_from}: a {backbone.config.model_type!r} "
+                f"checkpoint, but model.architecture is {config.model.architecture!r}"
+            )
+        if backbone.config.vocab_size != len(tokenizer):
+            raise ValueError(
+                f"model.init_from {config.model.init_from}: vocabulary {backbone.config.vocab_size}"
+                f" does not match the tokenizer ({len(tokenizer)}); set data.tokenizer to the "
+                "checkpoint's own tokenizer and prepare the corpus with it"
+            )
+        return backbone
+    sizes = dict(MODEL_PRESETS[config.model.preset])
+    sizes["intermediate_size"] = 4 * sizes["hidden_size"]
+    family_name = next(k for k, v in ARCHITECTURES.items() if v == family)
+    return build_family_backbone(
+        family_config(
+            family_name,
+            sizes,
+            tokenizer,
+            max_position_embeddings=config.model.max_position_embeddings,
+            dropout=config.model.dropout,
+        )
+    )
 
 
 def step_layout(config: PretrainConfig, rank: int = 0, world: int = 1) -> StepLayout:

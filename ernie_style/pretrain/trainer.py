@@ -126,7 +126,11 @@ class PretrainTrainer(TrainEngine):
         """The backbone's last transformer layer (GradNorm's gradient norms are taken there)."""
         if self.balancer is None or not self.balancer.needs_shared_parameters:
             return []
-        return list(self.state.model.backbone.encoder.layer[-1].parameters())
+        backbone = self.state.model.backbone
+        if hasattr(backbone, "last_layer"):  # another encoder family
+            return list(backbone.last_layer().parameters())
+        last = backbone.encoder.layer[-1]
+        return list(last.parameters())
 
     def wrap(self) -> tuple[Any, Any]:
         """Wrap model and optimizer for the backend: accelerate (plain, DDP, its DeepSpeed

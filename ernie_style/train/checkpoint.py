@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ernie_style.fileio import pid_alive, replace_dir, sweep_stale_dirs
@@ -126,10 +126,17 @@ class CheckpointWriter:
         self.tmp.mkdir(parents=True)
 
     def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Write a safetensors file (contiguous CPU copies); I/O failures raise OSError."""
+        """Write a safetensors file (contiguous CPU copies); I/O failures raise OSError.
+
+        Tied tensors (one tensor under several names, e.g. a masked-LM decoder tied to the word
+        embeddings) are written once; `load_tensors` gives them back under every name."""
         path = self.tmp / name
+        kept, aliases = split_tied(tensors)
+        metadata = {ALIASES_KEY: json.dumps(aliases)} if aliases else None
         try:
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path)
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in kept.items()}, path, metadata=metadata
+            )
         except SafetensorError as error:
             raise _os_error_of(error, path) from error
 
@@ -272,9 +279,43 @@ def recover_replaced(root: Path) -> None:
             os.replace(moved, original)
 
 
+#: safetensors metadata key of the names `save_tensors` wrote once for tied tensors.
+ALIASES_KEY = "ernie_style_tied"
+
+
+def split_tied(
+    tensors: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(`tensors` without the second and later names of a tied tensor, {dropped name: kept
+    name}). Tied means the same storage, offset, shape and strides."""
+    kept: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for key, value in tensors.items():
+        identity = (
+            value.untyped_storage().data_ptr(),
+            value.storage_offset(),
+            tuple(value.shape),
+            value.stride(),
+            value.device.type,
+        )
+        if value.numel() and identity in seen:
+            aliases[key] = seen[identity]
+        else:
+            seen.setdefault(identity, key)
+            kept[key] = value
+    return kept, aliases
+
+
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file (never executes code)."""
-    return load_file(str(path))
+    """Load a safetensors file (never executes code); tied names written once come back under
+    every name."""
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    for alias, key in json.loads(metadata.get(ALIASES_KEY, "{}")).items():
+        tensors[alias] = tensors[key]
+    return tensors
 
 
 def load_torch(path: Path) -> Any:

@@ -1,5 +1,5 @@
 """Capitalization: exact labels on a hand-built document, no label without a cased letter, and
-no cased tokenizer (the label would be in the input)."""
+no case in the input, also on a cased vocabulary (the label would be in the input)."""
 
 from __future__ import annotations
 
@@ -51,8 +51,23 @@ def test_exact_labels_on_a_document(uncased):
     assert example.task == "capitalization" and example.task_id == 1
 
 
-def test_a_cased_tokenizer_is_refused_with_a_clear_error(uncased):
-    cased = train_wordpiece([WORDS.title()] * 5, vocab_size=200, lowercase=False, min_frequency=1)
+def test_a_cased_vocabulary_sees_lower_cased_words_with_the_same_labels(uncased):
+    # RoBERTa-style vocabularies keep case: the task lower-cases the words itself, so the input
+    # holds no case and the labels are those of the uncased vocabulary.
+    cased = train_wordpiece(
+        [WORDS, WORDS.title()] * 5, vocab_size=200, lowercase=False, min_frequency=1
+    )
     assert keeps_case(cased) and not keeps_case(uncased)
-    with pytest.raises(ValueError, match="capitalization: the tokenizer keeps case"):
-        Capitalization(cased, max_seq_len=64)
+    doc = document_from_sentences(
+        "d", [["Paris is in France.", "The EU has 27 members, iPhone sells well (3D)!"]]
+    )
+    examples = {}
+    for name, tokenizer in (("cased", cased), ("uncased", uncased)):
+        task = Capitalization(tokenizer, max_seq_len=64)
+        context = CorpusContext([doc], tokenizer)
+        tdoc = TokenizedDocument(doc, tokenizer)
+        (examples[name],) = task.examples(tdoc, np.random.default_rng(0), context)
+    tokens = cased.convert_ids_to_tokens(examples["cased"].input_ids)
+    assert tokens == ["[CLS]", *WORDS.split(), "[SEP]"]  # every word lower case
+    assert examples["cased"].labels == examples["uncased"].labels
+    assert examples["cased"].token_type_ids == examples["uncased"].token_type_ids

@@ -1,0 +1,89 @@
+"""Encoder families other than ERNIE (issue 27): tiny random checkpoints of each family, built
+on the spot, map exactly into the pretraining backbone; what the framework adds starts at zero
+and the default task and segment rows stay there; training and export give a stock checkpoint
+of the family whose outputs are the trained model's, bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+from ernie_style.pretrain.examples import MAX_SEGMENTS
+from ernie_style.pretrain.families import ARCHITECTURES, load_family_backbone, save_family_release
+from ernie_style.testing.families import make_family_checkpoint
+
+TEXTS = ["Paris is the capital of France.", "The river flows north, then west."]
+
+
+@pytest.fixture(scope="module", params=list(ARCHITECTURES))
+def checkpoint(request, tmp_path_factory):
+    """(architecture, a saved tiny random checkpoint of it)."""
+    path = tmp_path_factory.mktemp(request.param) / "checkpoint"
+    return request.param, make_family_checkpoint(request.param, path)
+
+
+def _inputs(path):
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    encoded = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    return encoded["input_ids"], encoded["attention_mask"]
+
+
+def _default_logits(backbone, ids, mask):
+    zeros = torch.zeros_like(ids)
+    hidden = backbone(ids, mask, token_type_ids=zeros, task_type_ids=zeros).last_hidden_state
+    return hidden, backbone.masked_lm_logits(hidden)
+
+
+def test_a_checkpoint_maps_exactly_and_the_additions_start_at_zero(checkpoint):
+    architecture, path = checkpoint
+    stock = AutoModelForMaskedLM.from_pretrained(str(path), local_files_only=True).eval()
+    backbone = load_family_backbone(path).eval()
+    assert type(backbone.mlm) is type(stock)
+    ids, mask = _inputs(path)
+    real = mask.bool()
+    with torch.no_grad():
+        want = stock(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        hidden, logits = _default_logits(backbone, ids, mask)
+    # Bit for bit at every real token (padding positions may differ: RoBERTa numbers them).
+    assert torch.equal(hidden[real], want.hidden_states[-1][real]), architecture
+    assert torch.equal(logits[real], want.logits[real]), architecture
+    assert not backbone.task_rows.weight.any() and not backbone.segment_rows.weight.any()
+    if architecture != "deberta-v2":  # DeBERTa-v3's head multiplies by the embeddings itself
+        decoder = backbone.mlm.get_output_embeddings().weight
+        assert decoder.data_ptr() == backbone.get_input_embeddings().weight.data_ptr()  # tied
+
+
+def test_training_keeps_default_rows_at_zero_and_exports_a_stock_checkpoint(checkpoint, tmp_path):
+    architecture, path = checkpoint
+    torch.manual_seed(0)
+    backbone = load_family_backbone(path).train()
+    optimizer = torch.optim.AdamW(backbone.parameters(), lr=1e-2, weight_decay=0.1)
+    ids, mask = _inputs(path)
+    for _ in range(3):  # every task and segment id in use, all of the model trained
+        tasks = torch.randint(0, 7, ids.shape)
+        segments = torch.randint(0, MAX_SEGMENTS, ids.shape)
+        hidden = backbone(ids, mask, segments, tasks).last_hidden_state
+        logits = backbone.masked_lm_logits(hidden[mask.bool()])
+        loss = torch.nn.functional.cross_entropy(logits, ids[mask.bool()])
+        loss = loss + backbone.pooler(hidden).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    native = backbone.native_segments
+    assert not backbone.task_rows.weight[0].any()  # the default task's row: pinned
+    assert not backbone.segment_rows.weight[: max(native, 1)].any()  # segments it has: pinned
+    assert backbone.task_rows.weight[1:7].abs().sum(1).gt(0).all()  # the others trained
+    assert backbone.segment_rows.weight[max(native, 1) :].abs().sum(1).gt(0).all()
+
+    weights = {f"backbone.{key}": value for key, value in backbone.state_dict().items()}
+    save_family_release(weights, backbone.config, tmp_path)
+    release = AutoModelForMaskedLM.from_pretrained(str(tmp_path), local_files_only=True).eval()
+    assert type(release) is type(backbone.mlm)
+    backbone.eval()
+    with torch.no_grad():
+        want_hidden, want = _default_logits(backbone, ids, mask)
+        got = release(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    real = mask.bool()
+    assert torch.equal(got.hidden_states[-1][real], want_hidden[real]), architecture
+    assert torch.equal(got.logits[real], want[real]), architecture
