@@ -261,7 +261,7 @@ def build_family_backbone(config: Any) -> FamilyBackbone:
     """A freshly initialised backbone of a family config (seed the RNG first)."""
     from transformers import AutoModelForMaskedLM
 
-    return FamilyBackbone(AutoModelForMaskedLM.from_config(config))
+    return FamilyBackbone(AutoModelForMaskedLM.from_config(config, trust_remote_code=False))
 
 
 def load_family_backbone(path: str | Path) -> FamilyBackbone:
@@ -269,11 +269,12 @@ def load_family_backbone(path: str | Path) -> FamilyBackbone:
     a hub); a checkpoint without a masked-LM head gets a fresh one (transformers warns)."""
     from transformers import AutoModelForMaskedLM
 
-    from ernie_style.untrusted import refuse_pickle_weights
+    from ernie_style.untrusted import refuse_pickle_weights, refuse_remote_code
 
     refuse_pickle_weights(Path(path), "model.init_from")
+    refuse_remote_code(Path(path), "model.init_from")
     model = AutoModelForMaskedLM.from_pretrained(
-        str(path), local_files_only=True, use_safetensors=True
+        str(path), local_files_only=True, use_safetensors=True, trust_remote_code=False
     )
     return FamilyBackbone(model)
 
@@ -283,7 +284,7 @@ def save_family_release(backbone_weights: dict[str, torch.Tensor], config: Any, 
     `backbone.mlm.*`) to `out`: the additions and the pooler are dropped."""
     from transformers import AutoModelForMaskedLM
 
-    model = AutoModelForMaskedLM.from_config(config)
+    model = AutoModelForMaskedLM.from_config(config, trust_remote_code=False)
     prefix = "backbone.mlm."
     weights = {
         k.removeprefix(prefix): v for k, v in backbone_weights.items() if k.startswith(prefix)

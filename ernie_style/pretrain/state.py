@@ -313,6 +313,12 @@ def load_release(state: RunState, release: Path) -> tuple[list[str], int]:
     from ernie_style.tokenizer import load_tokenizer
 
     saved_config = json.loads((release / "config.json").read_text(encoding="utf-8"))
+    if saved_config.get("model_type", "ernie") != "ernie":
+        raise ValueError(
+            f"--resume {release}: a {saved_config['model_type']} release cannot be resumed yet; "
+            f"continue it with model.init_from={release} model.architecture=auto (the task "
+            "heads then start fresh)"
+        )
     check_compatible(state, release, saved_config, tokenizer_fingerprint(load_tokenizer(release)))
     encoder = load_tensors(release / "model.safetensors")
     weights = {

@@ -2,7 +2,9 @@
 through the real engine (accelerate DDP over gloo, `StepRunner`, the uncertainty balancer,
 gradient clipping, AdamW) on a global batch fixed in advance, then the weights and losses.
 
-    torchrun --nproc_per_node N engine_step_worker.py CORPUS OUT.pt
+    torchrun --nproc_per_node N engine_step_worker.py CORPUS OUT.pt [ARCHITECTURE]
+
+ARCHITECTURE is `model.architecture` (default ernie; e.g. deberta-v2 for another family).
 
 Every process builds the same *global* batches from a one-process data layout (so the examples
 do not depend on the number of processes), each task's batch as two halves collated (padded)
@@ -33,7 +35,7 @@ STEPS = 3
 MAX_GRAD_NORM = 0.05
 
 
-def config_for(corpus: str, tasks: dict, accum: int) -> object:
+def config_for(corpus: str, tasks: dict, accum: int, architecture: str = "ernie") -> object:
     """A micro pretraining config without dropout (so ranks draw no different masks)."""
     from ernie_style.config import from_dict
     from ernie_style.pretrain.config import PretrainConfig
@@ -43,7 +45,7 @@ def config_for(corpus: str, tasks: dict, accum: int) -> object:
         "seed": 5,
         "batch_size": 8,
         "precision": "fp32",
-        "model": {"preset": "micro", "dropout": 0.0},
+        "model": {"preset": "micro", "dropout": 0.0, "architecture": architecture},
         "data": {"corpus": corpus, "max_seq_len": 64, "heldout_documents": 3},
         "tasks": tasks,
         "schedule": {"mixed_batches": len(tasks) > 1, "tasks_per_step": len(tasks)},
@@ -70,7 +72,9 @@ def global_batches(config: object) -> tuple[object, list[dict[str, list[dict]]]]
     return state, steps
 
 
-def train(accel: object, corpus: str, split: bool, mixed: bool) -> dict | None:
+def train(
+    accel: object, corpus: str, split: bool, mixed: bool, architecture: str = "ernie"
+) -> dict | None:
     """STEPS steps on one task set: `split` (rank r trains half r), else one process trains
     the whole batch (`mixed=False`) or both halves accumulated (`mixed=True`)."""
     from ernie_style.train.balancing import build_balancer
@@ -81,7 +85,7 @@ def train(accel: object, corpus: str, split: bool, mixed: bool) -> dict | None:
     if mixed:
         tasks = {"knowledge_masking": {"budget": STEPS}, "sentence_distance": {"budget": STEPS}}
     whole = not split and not mixed
-    config = config_for(corpus, tasks, 1 if whole else 2)
+    config = config_for(corpus, tasks, 1 if whole else 2, architecture)
     state, steps = global_batches(config)
     if split:  # rank r keeps half r of every task's batch
         steps = [{t: [micro[rank]] for t, micro in b.items()} for b in steps]
@@ -117,7 +121,7 @@ def train(accel: object, corpus: str, split: bool, mixed: bool) -> dict | None:
     return {"losses": losses, "weights": weights, "norms": norms, "tasks": tasks_seen}
 
 
-def main(corpus: str, out: str) -> None:
+def main(corpus: str, out: str, architecture: str = "ernie") -> None:
     """Both task sets on this launch's processes (2: split; 1: the references); rank 0 saves."""
     torch.set_num_threads(1)
     from ernie_style.precision import resolve_precision
@@ -129,7 +133,7 @@ def main(corpus: str, out: str) -> None:
 
     accel = make_accelerator(resolve_precision("fp32", "cpu"))
     split = accel.num_processes == 2
-    results = {mixed: train(accel, corpus, split, mixed) for mixed in (False, True)}
+    results = {mixed: train(accel, corpus, split, mixed, architecture) for mixed in (False, True)}
     if accel.is_main_process:
         torch.save({"single": results[False], "mixed": results[True]}, out)
     accel.wait_for_everyone()
@@ -137,4 +141,4 @@ def main(corpus: str, out: str) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

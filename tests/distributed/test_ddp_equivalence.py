@@ -57,19 +57,24 @@ def assert_same_weights(got: dict, want: dict) -> None:
         assert diff <= bound, f"{name}: max |diff| {diff:.3g}"
 
 
-def test_engine_two_ranks_update_like_one_process_on_the_global_batch(small_corpus, tmp_path):
+@pytest.mark.parametrize("architecture", ["ernie", "deberta-v2"])
+def test_engine_two_ranks_update_like_one_process_on_the_global_batch(
+    small_corpus, tmp_path, architecture
+):
     """Pretraining shards its data streams by world size on purpose (a rank builds its share
     from its own stream shard), so a 1-process and a 2-process *run* see different examples.
     This test therefore proves the engine part: the same global batch split over 2 gloo ranks
     through StepRunner + the uncertainty balancer (whose parameters are synchronised by its
     reduce) + gradient clipping + AdamW gives the update of 1 process on the whole batch, for
-    3 steps (see engine_step_worker.py for the two task sets)."""
+    3 steps (see engine_step_worker.py for the two task sets); for ERNIE and for another
+    encoder family (DeBERTa-v2: relative attention, no segment rows, the added rows trained)."""
     worker = str(HERE / "engine_step_worker.py")
     results = {}
     for world in (1, 2):
         out = tmp_path / f"world{world}.pt"
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        run([*launch, "--nproc_per_node", str(world), worker, str(small_corpus), str(out)])
+        worker_args = [worker, str(small_corpus), str(out), architecture]
+        run([*launch, "--nproc_per_node", str(world), *worker_args])
         results[world] = torch.load(out, weights_only=True)
     for task_set in ("single", "mixed"):
         one, two = results[1][task_set], results[2][task_set]

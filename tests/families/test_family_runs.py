@@ -16,6 +16,7 @@ from transformers import CONFIG_MAPPING, AutoModelForMaskedLM, AutoTokenizer, pi
 
 from ernie_style.pretrain.families import build_family_backbone
 from ernie_style.pretrain.registry import registered_tasks
+from ernie_style.pretrain.state import load_release
 from ernie_style.testing import child_env
 from ernie_style.testing.families import make_family_checkpoint
 from ernie_style.testing.pretrain import pretrain_cmd, write_config
@@ -85,6 +86,8 @@ def test_continue_a_roberta_checkpoint_with_all_seven_tasks_export_and_resume(
         got = stock(input_ids=ids, attention_mask=mask).logits
     assert torch.equal(got[mask.bool()], want[mask.bool()])
     assert trained.task_rows.weight[1:7].abs().sum(1).gt(0).all()  # every task trained its row
+    with pytest.raises(ValueError, match="a roberta release cannot be resumed yet"):
+        load_release(None, release)  # said before anything is loaded
     fill = pipeline("fill-mask", model=str(release), tokenizer=str(release))
     answers = fill(f"The city lies on the {tokenizer.mask_token}.")
     assert len(answers) == 5 and all(a["token_str"] for a in answers)
