@@ -10,7 +10,12 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from ernie_style.pretrain.examples import MAX_SEGMENTS
-from ernie_style.pretrain.families import ARCHITECTURES, load_family_backbone, save_family_release
+from ernie_style.pretrain.families import (
+    ARCHITECTURES,
+    load_family_backbone,
+    resolve_architecture,
+    save_family_release,
+)
 from ernie_style.testing.families import make_family_checkpoint
 
 TEXTS = ["Paris is the capital of France.", "The river flows north, then west."]
@@ -87,3 +92,25 @@ def test_training_keeps_default_rows_at_zero_and_exports_a_stock_checkpoint(chec
     real = mask.bool()
     assert torch.equal(got.hidden_states[-1][real], want_hidden[real]), architecture
     assert torch.equal(got.logits[real], want[real]), architecture
+
+
+def test_auto_reads_the_checkpoint_and_names_an_unsupported_model_type(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(ValueError, match="model_type 'gpt2' is not supported"):
+        resolve_architecture("auto", str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "deberta-v2"}')
+    assert resolve_architecture("auto", str(tmp_path)) == "deberta-v2"
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    assert resolve_architecture("auto", str(tmp_path)) == "ernie"  # BERT maps into ERNIE
+    assert resolve_architecture("bert", None) == "bert"  # unless asked for by name
+    with pytest.raises(ValueError, match=r"model\.architecture auto needs model\.init_from"):
+        resolve_architecture("auto", None)
+
+
+def test_an_unknown_architecture_is_one_error_naming_the_choices():
+    from ernie_style.config import from_dict
+    from ernie_style.pretrain.config import PretrainConfig
+
+    data = {"model": {"architecture": "gpt"}, "data": {"corpus": "c"}, "tasks": {}}
+    with pytest.raises(ValueError, match=r"model\.architecture 'gpt' is not one of ernie, auto"):
+        from_dict(PretrainConfig, data)
