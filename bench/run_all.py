@@ -145,6 +145,16 @@ BENCHES = (
         "As above on an AVX2-only CPU (torch and oneDNN capped at AVX2): before `auto`, the "
         "shipped bf16 made this 25-30x slower than fp32 (issue 12).",
     ),
+    Bench(
+        "family_mlm",
+        "bench/family_mlm_step.py",
+        (),
+        "Continued pretraining per encoder family: masked-LM step vs the stock Trainer",
+        "Our masked-LM step (the family's stock *ForMaskedLM with ERNIE's zero additions, its "
+        "own head at the masked positions only) vs `transformers.Trainer` + "
+        "`AutoModelForMaskedLM` + `DataCollatorForLanguageModeling` on the same model (SDPA; "
+        "ModernBERT with its sparse prediction), tiny size, fp32 (target >= 1.0x each).",
+    ),
 )
 
 
