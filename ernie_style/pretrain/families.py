@@ -36,15 +36,9 @@ from torch import nn
 from ernie_style.pretrain.examples import MAX_SEGMENTS
 from ernie_style.pretrain.model import TASK_TYPE_VOCAB_SIZE
 
-#: `model.architecture` names -> transformers `model_type`.
-ARCHITECTURES: dict[str, str] = {
-    "bert": "bert",
-    "roberta": "roberta",
-    "xlm-roberta": "xlm-roberta",
-    "deberta-v2": "deberta-v2",
-    "modernbert": "modernbert",
-    "electra": "electra",
-}
+#: `model.architecture` names of the families with a from-scratch config: each is the
+#: transformers `model_type` of that family.
+ARCHITECTURES = ("bert", "roberta", "xlm-roberta", "deberta-v2", "modernbert", "electra")
 
 
 def _cls_head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -123,13 +117,12 @@ def family_config(
     max_position_embeddings: int,
     dropout: float,
 ) -> Any:
-    """A from-scratch config of `architecture` (a key of `ARCHITECTURES`) with `sizes`
+    """A from-scratch config of `architecture` (one of `ARCHITECTURES`) with `sizes`
     (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size), the tokenizer's
     vocabulary and special token ids."""
     from transformers import AutoConfig
 
-    model_type = ARCHITECTURES[architecture]
-    family = _FAMILY_SIZES[model_type]
+    family = _FAMILY_SIZES[architecture]
     values: dict[str, Any] = dict(sizes) | dict(family.extra)
     values["vocab_size"] = len(tokenizer)
     values["max_position_embeddings"] = max_position_embeddings + family.position_offset
@@ -139,9 +132,9 @@ def family_config(
         token_id = getattr(tokenizer, f"{name}_token_id", None)
         if token_id is not None:
             values[f"{name}_token_id"] = token_id
-    if model_type == "electra":
+    if architecture == "electra":
         values["embedding_size"] = sizes["hidden_size"]
-    return AutoConfig.for_model(model_type, **values)
+    return AutoConfig.for_model(architecture, **values)
 
 
 def resolve_architecture(architecture: str, init_from: str | None) -> str:
@@ -150,14 +143,14 @@ def resolve_architecture(architecture: str, init_from: str | None) -> str:
     import json
 
     if architecture != "auto":
-        return ARCHITECTURES.get(architecture, architecture)
+        return architecture
     if not init_from:
         raise ValueError("model.architecture auto needs model.init_from (a checkpoint to read)")
     path = Path(init_from) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"model.init_from {init_from}: no config.json")
     model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type", "")
-    if model_type in ("ernie", "bert") and architecture == "auto":
+    if model_type in ("ernie", "bert"):
         return "ernie"  # today's path: BERT and ERNIE weights map into an ErnieModel
     if model_type not in MASKED_LM_HEADS:
         raise ValueError(
@@ -203,11 +196,6 @@ class FamilyBackbone(nn.Module):
     def config(self) -> Any:
         """The stock model's config."""
         return self.mlm.config
-
-    @property
-    def embeddings(self) -> SimpleNamespace:
-        """`embeddings.word_embeddings`, as on `ErnieModel`."""
-        return SimpleNamespace(word_embeddings=self.mlm.get_input_embeddings())
 
     def get_input_embeddings(self) -> nn.Module:
         """The word embeddings (tied to the masked-LM decoder where the family ties them)."""

@@ -24,7 +24,6 @@ from ernie_style.defaults import MLM_TASK
 from ernie_style.pretrain.config import PretrainConfig
 from ernie_style.pretrain.examples import CorpusContext, collate
 from ernie_style.pretrain.families import (
-    ARCHITECTURES,
     FamilyBackbone,
     build_family_backbone,
     family_config,
@@ -152,12 +151,11 @@ def build_run_state(
     schedule = config.build_schedule()
     backbone, mlm_head = _build_backbone(config, tokenizer)
     attention = resolve_attention(config.model.attn_implementation, device_type)
-    if isinstance(backbone, FamilyBackbone):
-        pass  # the family's own attention (SDPA where transformers has it); no ERNIE kernels
-    elif attention == CPU_ATTENTION:
-        use_cpu_kernels(backbone)
-    else:
-        backbone.config._attn_implementation = attention
+    if isinstance(backbone, ErnieModel):  # other families keep their own attention (SDPA)
+        if attention == CPU_ATTENTION:
+            use_cpu_kernels(backbone)
+        else:
+            backbone.config._attn_implementation = attention
     model = ErniePretrainingModel(backbone, tasks, pack_sequences=config.model.pack_sequences)
     if mlm_head and MLM_TASK in model.heads:  # the checkpoint's own masked-LM head
         model.heads[MLM_TASK].load_state_dict(mlm_head)
@@ -185,12 +183,7 @@ def _build_backbone(
     if config.model.init_from:
         torch.manual_seed(config.seed)  # what the checkpoint lacks (task embeddings) starts seeded
         backbone, mlm_head = load_encoder_checkpoint(config.model.init_from)
-        if backbone.config.vocab_size != len(tokenizer):
-            raise ValueError(
-                f"model.init_from {config.model.init_from}: vocabulary {backbone.config.vocab_size}"
-                f" does not match the tokenizer ({len(tokenizer)}); set data.tokenizer to the "
-                "checkpoint's own tokenizer and prepare the corpus with it"
-            )
+        _check_vocabulary(backbone.config.vocab_size, tokenizer, config.model.init_from)
         return backbone, mlm_head
     torch.manual_seed(config.seed)
     backbone_config = build_backbone_config(
@@ -204,6 +197,16 @@ def _build_backbone(
     return ErnieModel(backbone_config), {}
 
 
+def _check_vocabulary(vocab_size: int, tokenizer: Any, init_from: str) -> None:
+    """Refuse a `model.init_from` checkpoint whose vocabulary is not the tokenizer's."""
+    if vocab_size != len(tokenizer):
+        raise ValueError(
+            f"model.init_from {init_from}: vocabulary {vocab_size} does not match the tokenizer "
+            f"({len(tokenizer)}); set data.tokenizer to the checkpoint's own tokenizer and "
+            "prepare the corpus with it"
+        )
+
+
 def _build_family_backbone(config: PretrainConfig, tokenizer: Any, family: str) -> FamilyBackbone:
     """A `FamilyBackbone` of `model.architecture` (sizes of `model.preset`), or of the
     `model.init_from` checkpoint of that family."""
@@ -215,19 +218,13 @@ def _build_family_backbone(config: PretrainConfig, tokenizer: Any, family: str) 
                 f"model.init_from {config.model.init_from}: a {backbone.config.model_type!r} "
                 f"checkpoint, but model.architecture is {config.model.architecture!r}"
             )
-        if backbone.config.vocab_size != len(tokenizer):
-            raise ValueError(
-                f"model.init_from {config.model.init_from}: vocabulary {backbone.config.vocab_size}"
-                f" does not match the tokenizer ({len(tokenizer)}); set data.tokenizer to the "
-                "checkpoint's own tokenizer and prepare the corpus with it"
-            )
+        _check_vocabulary(backbone.config.vocab_size, tokenizer, config.model.init_from)
         return backbone
     sizes = dict(MODEL_PRESETS[config.model.preset])
     sizes["intermediate_size"] = 4 * sizes["hidden_size"]
-    family_name = next(k for k, v in ARCHITECTURES.items() if v == family)
     return build_family_backbone(
         family_config(
-            family_name,
+            family,
             sizes,
             tokenizer,
             max_position_embeddings=config.model.max_position_embeddings,

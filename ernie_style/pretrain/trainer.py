@@ -129,8 +129,7 @@ class PretrainTrainer(TrainEngine):
         backbone = self.state.model.backbone
         if hasattr(backbone, "last_layer"):  # another encoder family
             return list(backbone.last_layer().parameters())
-        last = backbone.encoder.layer[-1]
-        return list(last.parameters())
+        return list(backbone.encoder.layer[-1].parameters())
 
     def wrap(self) -> tuple[Any, Any]:
         """Wrap model and optimizer for the backend: accelerate (plain, DDP, its DeepSpeed
