@@ -21,7 +21,6 @@ from ernie_style.pretrain.examples import (
     CorpusContext,
     Example,
     TokenizedDocument,
-    assemble,
     sentence_windows,
 )
 from ernie_style.pretrain.heads import TaskHead, TokenClassificationHead
@@ -100,13 +99,7 @@ class Capitalization(PretrainTask):
             first = word is not None and word != previous
             labels.append(word_labels[word] if first else IGNORE_INDEX)
             previous = word
-        tok = self.tokenizer
-        ids, types, token_labels = assemble(
-            [encoding.ids], self.max_seq_len, tok.cls_token_id, tok.sep_token_id, [labels]
-        )
-        if token_labels is None or all(label == IGNORE_INDEX for label in token_labels):
-            return None
-        return Example(self.name, self.task_id, ids, types, token_labels)
+        return self.token_label_example(encoding.ids, labels)
 
     def build_head(self, backbone: nn.Module) -> TaskHead:
         """Binary classifier per token."""

@@ -9,14 +9,20 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from ernie_style.pretrain.examples import CorpusContext, Example, TokenizedDocument
+from ernie_style.pretrain.examples import (
+    IGNORE_INDEX,
+    CorpusContext,
+    Example,
+    TokenizedDocument,
+    assemble,
+)
 from ernie_style.pretrain.heads import TaskHead
 from ernie_style.pretrain.losses import cross_entropy
 
@@ -97,16 +103,14 @@ class PretrainTask(ABC):
     ) -> Example | None:
         """`[CLS] words[start:end] [SEP]` with each word's label on its first sub-token; None
         when no token ends up labelled (e.g. only punctuation, or truncated away)."""
-        from ernie_style.pretrain.examples import IGNORE_INDEX, assemble
-
         labels = document.word_labels_to_tokens(start, end, word_labels)
+        return self.token_label_example(document.tokens(start, end), labels)
+
+    def token_label_example(self, tokens: Sequence[int], labels: Sequence[int]) -> Example | None:
+        """`[CLS] tokens [SEP]` with per-token `labels`; None when no token ends up labelled."""
         tok = self.tokenizer
         ids, types, token_labels = assemble(
-            [document.tokens(start, end)],
-            self.max_seq_len,
-            tok.cls_token_id,
-            tok.sep_token_id,
-            [labels],
+            [tokens], self.max_seq_len, tok.cls_token_id, tok.sep_token_id, [labels]
         )
         if token_labels is None or all(label == IGNORE_INDEX for label in token_labels):
             return None
