@@ -399,6 +399,11 @@ class ExportSpec:
     num_labels: int
     problem_type: str | None
 
+    @property
+    def token_level(self) -> bool:
+        """Whether the stock model is a token-classification model."""
+        return self.architecture.endswith("TokenClassification")
+
 
 def transformers_export_spec(head: FinetuneHead) -> ExportSpec:
     """The stock architecture of a head. Every type can be exported:

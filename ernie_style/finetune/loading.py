@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig
 
 from ernie_style.config import from_dict, read_yaml
 from ernie_style.finetune.config import (
@@ -27,6 +27,7 @@ from ernie_style.finetune.config import (
     FinetuneTask,
 )
 from ernie_style.finetune.data import Collator, EncodedTask
+from ernie_style.finetune.encoder_families import FamilyEncoder, encoder_from_config
 from ernie_style.finetune.model import MultiTaskModel, build_model
 from ernie_style.finetune.questions import QuestionCollator
 from ernie_style.finetune.silver import silver_labels
@@ -109,7 +110,7 @@ def _load_encoder_shell(config: FinetuneConfig, run_dir: Path, trust_remote_code
                 info = json.loads(task_file.read_text(encoding="utf-8"))
                 layers = info.get("encoder_layers", encoder_config.num_hidden_layers)
                 encoder_config.num_hidden_layers = layers
-            return AutoModel.from_config(encoder_config, trust_remote_code=trust_remote_code)
+            return encoder_from_config(encoder_config, trust_remote_code)
     raise ValueError(
         f"--model {run_dir}: the encoder directory {config.encoder} is gone and the run has no "
         "task export under tasks/ to read the architecture from"
@@ -162,7 +163,7 @@ def load_finetuned(
     tokenizer = _load_tokenizer(config, run_dir, trust_remote_code)
     encoder = _load_encoder_shell(config, run_dir, trust_remote_code)
     device = torch.device(device)
-    if device.type == "cpu":
+    if device.type == "cpu" and not isinstance(encoder, FamilyEncoder):
         from ernie_style.cpu_kernels import use_cpu_kernels
 
         use_cpu_kernels(encoder)

@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig
 
 from ernie_style.finetune.config import FinetuneConfig
 from ernie_style.finetune.data import EncodedTask
+from ernie_style.finetune.encoder_families import FamilyEncoder, encoder_from_pretrained
 from ernie_style.finetune.heads import FinetuneHead, PointerHead, build_head
 from ernie_style.finetune.sharing import SharingLayer, build_sharing
 from ernie_style.tokenizer import load_tokenizer
@@ -43,8 +44,10 @@ class TaskResult:
     penalty: torch.Tensor | None = None
 
 
-def load_encoder(path: str | Path, trust_remote_code: bool = False) -> PreTrainedModel:
-    """A local Hugging Face encoder (`AutoModel`, with its pooler), never from a hub.
+def load_encoder(path: str | Path, trust_remote_code: bool = False) -> nn.Module:
+    """A local Hugging Face encoder, never from a hub: `AutoModel` with its pooler (BERT,
+    ERNIE), or a `FamilyEncoder` laid out as the family's stock task models (RoBERTa, XLM-R,
+    DeBERTa-v2, ModernBERT, ELECTRA).
 
     A directory without `config.json` or without weights is refused with a message naming it;
     so is one whose only weights are pickles (`pytorch_model.bin`) or whose config names custom
@@ -67,13 +70,7 @@ def load_encoder(path: str | Path, trust_remote_code: bool = False) -> PreTraine
         ) from error
     if getattr(config, "is_decoder", False):
         raise ValueError(f"encoder: {path} is a decoder, not a bidirectional encoder")
-    return AutoModel.from_pretrained(
-        str(path),
-        config=config,
-        local_files_only=True,
-        use_safetensors=True,
-        trust_remote_code=trust_remote_code,
-    )
+    return encoder_from_pretrained(path, config, trust_remote_code)
 
 
 class MultiTaskModel(nn.Module):
@@ -81,7 +78,7 @@ class MultiTaskModel(nn.Module):
 
     def __init__(
         self,
-        encoder: PreTrainedModel,
+        encoder: nn.Module,
         heads: Mapping[str, FinetuneHead],
         sharing: SharingLayer,
         task_ids: Mapping[str, int] | None = None,
@@ -217,7 +214,7 @@ class MultiTaskModel(nn.Module):
 
 
 def build_model(
-    encoder: PreTrainedModel,
+    encoder: nn.Module,
     tasks: Mapping[str, EncodedTask],
     sharing: str,
     sharing_options: Mapping[str, Any],
@@ -227,10 +224,13 @@ def build_model(
 ) -> MultiTaskModel:
     """Heads (seeded) and the sharing layer for `tasks` over `encoder`."""
     hidden = encoder.config.hidden_size
-    if getattr(encoder, "pooler", None) is None:
+    family = isinstance(encoder, FamilyEncoder)
+    if not family and getattr(encoder, "pooler", None) is None:
         raise ValueError("encoder: the model has no pooler (save it with add_pooling_layer)")
     dropout = float(getattr(encoder.config, "hidden_dropout_prob", 0.1))
     torch.manual_seed(seed)
+    if family:  # its pooled-output layers are new: seeded like the heads
+        encoder.initialise_head()
     heads = {
         # A head that reads other tasks' predictions takes their class probabilities as well.
         name: build_head(
@@ -248,6 +248,13 @@ def build_model(
     layer = build_sharing(sharing, hidden, list(tasks), **dict(sharing_options))
     num_layers = int(encoder.config.num_hidden_layers)
     head_layers = {}
+    if family and (
+        layer.takes_encoder_top or any(t.head_layer is not None for t in tasks.values())
+    ):
+        raise ValueError(
+            f"encoder: sharing={sharing} towers and head_layer need a BERT or ERNIE encoder, "
+            f"not {encoder.config.model_type} (its layers are not BERT's)"
+        )
     if layer.takes_encoder_top:
         selective = [name for name, task in tasks.items() if task.head_layer is not None]
         if selective:

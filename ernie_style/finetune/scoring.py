@@ -10,6 +10,7 @@ import torch
 
 from ernie_style.finetune.config import FinetuneConfig
 from ernie_style.finetune.data import load_tasks
+from ernie_style.finetune.encoder_families import stock_inputs
 from ernie_style.finetune.evaluation import predict_split, write_predictions
 from ernie_style.finetune.model import load_finetune_tokenizer
 
@@ -19,11 +20,7 @@ def stock_scorer(model: torch.nn.Module, task_type: str) -> Any:
 
     @torch.no_grad()
     def score(batch: dict[str, Any]) -> torch.Tensor:
-        inputs = {
-            k: batch[k].reshape(-1, batch[k].shape[-1])
-            for k in ("input_ids", "attention_mask", "token_type_ids")
-        }
-        logits = model(**inputs).logits.float()
+        logits = model(**stock_inputs(model.config, batch)).logits.float()
         if task_type == "regression":
             return logits[:, 0]
         if task_type == "ranking":

@@ -145,15 +145,31 @@ def materialise_encoder(spec: str, out: Path, seed: int, tokenizer: str | None =
         tok = load_tokenizer(tokenizer, key="--tokenizer")
         config = build_backbone_config(value, vocab_size=len(tok), pad_token_id=tok.pad_token_id)
     else:
-        from ernie_style.pretrain.init_from import encoder_config
-
         tok = load_tokenizer(value, key="--encoder")
-        config = encoder_config(value, key="--encoder")  # the architecture, not the weights
     torch.manual_seed(seed)
     with atomic_dir(target) as tmp:
-        ErnieModel(config).save_pretrained(str(tmp))
+        if kind == "preset":
+            ErnieModel(config).save_pretrained(str(tmp))
+        else:
+            _random_like(Path(value)).save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
     return target
+
+
+def _random_like(source: Path) -> Any:
+    """A randomly initialised model of `source`'s architecture (its config.json alone): an
+    `ErnieModel` for BERT and ERNIE checkpoints, the stock masked-LM model of other families."""
+    from transformers import AutoConfig, AutoModelForMaskedLM, ErnieModel
+
+    from ernie_style.finetune.encoder_families import LAYOUTS
+    from ernie_style.pretrain.init_from import encoder_config
+    from ernie_style.untrusted import refuse_remote_code
+
+    refuse_remote_code(source, "--encoder")
+    raw = AutoConfig.from_pretrained(str(source), local_files_only=True, trust_remote_code=False)
+    if raw.model_type in LAYOUTS:
+        return AutoModelForMaskedLM.from_config(raw, trust_remote_code=False)
+    return ErnieModel(encoder_config(source, key="--encoder"))  # the architecture, not weights
 
 
 def run_dir(out: Path, task: str, seed: int) -> Path:

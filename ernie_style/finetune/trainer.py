@@ -22,6 +22,7 @@ from ernie_style.cpu_kernels import use_cpu_kernels
 from ernie_style.fileio import atomic_write
 from ernie_style.finetune.config import FinetuneConfig
 from ernie_style.finetune.data import EncodedTask, load_tasks
+from ernie_style.finetune.encoder_families import FamilyEncoder
 from ernie_style.finetune.evaluation import metrics_table, predict_split, write_predictions
 from ernie_style.finetune.export import export_questions, export_task
 from ernie_style.finetune.model import (
@@ -57,8 +58,8 @@ class FinetuneTrainer(TrainEngine):
                 f"encoder {config.encoder} has vocab_size {encoder.config.vocab_size}: they do "
                 "not belong together"
             )
-        if accel.device.type == "cpu":
-            use_cpu_kernels(encoder)
+        if accel.device.type == "cpu" and not isinstance(encoder, FamilyEncoder):
+            use_cpu_kernels(encoder)  # the ernie_cpu attention is BERT's; the others keep SDPA
         self.tasks: dict[str, EncodedTask] = load_tasks(
             config, self.tokenizer, cache_dir=self.run_dir / "cache" / "silver"
         )
