@@ -114,3 +114,35 @@ def test_an_unknown_architecture_is_one_error_naming_the_choices():
     data = {"model": {"architecture": "gpt"}, "data": {"corpus": "c"}, "tasks": {}}
     with pytest.raises(ValueError, match=r"model\.architecture 'gpt' is not one of ernie, auto"):
         from_dict(PretrainConfig, data)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("preset", ["micro", "small"])
+def test_every_family_builds_from_scratch_at_a_size_preset_and_trains(architecture, preset):
+    from ernie_style.config import from_dict
+    from ernie_style.pretrain.config import PretrainConfig
+    from ernie_style.pretrain.model import MODEL_PRESETS
+    from ernie_style.pretrain.state import _build_family_backbone
+    from ernie_style.testing.families import (
+        FAMILY_TOKENIZERS,
+        sample_texts,
+        train_family_tokenizer,
+    )
+
+    tokenizer = train_family_tokenizer(FAMILY_TOKENIZERS[architecture], sample_texts(4), 400)
+    model = {"architecture": architecture, "preset": preset, "max_position_embeddings": 64}
+    data = {"model": model, "data": {"corpus": "c"}, "tasks": {"knowledge_masking": {"budget": 1}}}
+    backbone = _build_family_backbone(from_dict(PretrainConfig, data), tokenizer, architecture)
+    config = backbone.config
+    assert config.model_type == architecture and config.vocab_size == len(tokenizer)
+    sizes = MODEL_PRESETS[preset]
+    assert (config.hidden_size, config.num_hidden_layers) == (
+        sizes["hidden_size"],
+        sizes["num_hidden_layers"],
+    )
+    assert config.num_attention_heads == sizes["num_attention_heads"]
+    ids = torch.tensor([tokenizer(TEXTS[0])["input_ids"]])
+    hidden = backbone(ids, torch.ones_like(ids)).last_hidden_state
+    loss = torch.nn.functional.cross_entropy(backbone.masked_lm_logits(hidden[0]), ids[0])
+    loss.backward()
+    assert backbone.get_input_embeddings().weight.grad.abs().sum() > 0
