@@ -28,6 +28,7 @@ COMMANDS = (
     "prepare",
     "merge-shards",
     "examples",
+    "index",
     "pretrain",
     "export",
     "fill-mask",

@@ -30,8 +30,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ernie_style.corpus.bm25_merge import BUCKET_ROWS, merge_passage_parts
 from ernie_style.corpus.document import Document
 from ernie_style.corpus.index import load_arrays, save_arrays
+from ernie_style.corpus.parted import write_meta
 from ernie_style.pretrain.examples import CorpusContext, Example, TokenizedDocument
 from ernie_style.pretrain.heads import SequenceClassificationHead, TaskHead
 from ernie_style.pretrain.registry import PretrainTask, TaskConfig, register_task
@@ -354,6 +356,28 @@ class PassageTable:
         save_arrays(out, arrays, meta)
 
     @classmethod
+    def parts(
+        cls, max_sentences: int, by_words: bool = False, bucket_rows: int = BUCKET_ROWS
+    ) -> tuple[Any, Any]:
+        """(part builder, merger) of this table for `ernie_style.corpus.parted`: the same
+        files as `build`, in bounded memory (`bucket_rows` postings per merge bucket)."""
+
+        def build_part(documents: Sequence[Document], first: int, last: int, out: Path) -> None:
+            rows = _passage_rows(documents, first, last, max_sentences, by_words)
+            order = np.argsort(rows["hashes"], kind="stable")  # a term's rows keep passage order
+            for key in ("hashes", "owners", "counts"):
+                rows[key] = rows[key][order]
+            for key, array in rows.items():
+                np.save(out / f"{key}.npy", array, allow_pickle=False)
+            write_meta(out, {"passages": len(rows["lengths"])})
+
+        def merge(parts: list[Path], ranges: list[tuple[int, int]], out: Path) -> None:
+            meta = {"passage_sentences": max_sentences}
+            merge_passage_parts(parts, ranges, out, meta, bucket_rows=bucket_rows)
+
+        return build_part, merge
+
+    @classmethod
     def load(cls, path: Path, mmap: bool = True) -> PassageTable:
         """A saved table (memory-mapped by default)."""
         arrays, _ = load_arrays(path, mmap)
@@ -412,11 +436,12 @@ class IRRelevance(PairFileMixin, PretrainTask):
         size = self.config.passage_sentences
         procs = min(8, os.cpu_count() or 1) if corpus.index_root is not None else 1
         by_words = self.language == "zh"
-        return corpus.saved(
+        return corpus.indexed(
             f"ir_relevance-bm25-p{size}" + ("-words" if by_words else ""),
             lambda out: PassageTable.build(
                 corpus.documents, size, out, num_proc=procs, by_words=by_words
             ),
+            PassageTable.parts(size, by_words),
             PassageTable.load,
         )
 

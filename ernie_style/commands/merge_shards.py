@@ -8,7 +8,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `merge-shards` subcommand."""
-    from ernie_style.commands.prepare import add_tokenizer_arguments
+    from ernie_style.commands.prepare import add_index_argument, add_tokenizer_arguments
 
     parser = subparsers.add_parser(
         "merge-shards",
@@ -22,12 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--input", required=True, nargs="+", action="extend", metavar="DIR")
     parser.add_argument("--output", required=True, metavar="DIR")
     add_tokenizer_arguments(parser)
+    add_index_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Merge (or reuse an up-to-date merge)."""
-    from ernie_style.commands.prepare import prepare_lock_path
+    from ernie_style.commands.prepare import index_prepared, prepare_lock_path
     from ernie_style.corpus.merge_shards import merge_shards
     from ernie_style.corpus.prepare import PrepareConfig
     from ernie_style.corpus.prepared import check_output_dir
@@ -42,4 +43,5 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(output)
     with locked_run(output, "merge-shards", what="--output", path=prepare_lock_path(output)):
         merge_shards(args.input, output, config)
+        index_prepared(output, args.no_index)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
 
 
@@ -71,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="stop after N non-empty documents (for quick trials)",
     )
     add_tokenizer_arguments(parser)
+    add_index_argument(parser)
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -114,6 +116,28 @@ def add_tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_index_argument(parser: argparse.ArgumentParser) -> None:
+    """--no-index (prepare and merge-shards)."""
+    parser.add_argument(
+        "--no-index",
+        action="store_true",
+        help="do not build the corpus indexes for its tokenizer (`ernie-style index` later)",
+    )
+
+
+def index_prepared(output: Path, skip: bool) -> None:
+    """Build the indexes a run over the prepared corpus `output` with its own tokenizer reads
+    (nothing without a tokenizer, or with `skip`), on the cores (at most 8)."""
+    if skip or not (output / "tokenizer").is_dir():
+        return
+    from ernie_style.pretrain.indexes import build_indexes
+
+    start = time.perf_counter()
+    built = build_indexes(output)
+    seconds = time.perf_counter() - start
+    print(f"indexes: {len(built)} built for the corpus tokenizer in {seconds:.1f} s")
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """`I/N` -> (I, N), with 0 <= I < N."""
     try:
@@ -154,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(output)  # refuses a bad --output, creates its parent for the lock file
     with locked_run(output, "prepare", what="--output", path=prepare_lock_path(output)):
         prepare_corpus(args.input, output, config)
+        index_prepared(output, args.no_index or args.shard is not None)
     return 0
 
 

@@ -141,36 +141,59 @@ class TokenTable:
 
     @staticmethod
     def build(documents: Sequence[Document], tokenizer: Any, out: Path, chunk: int = 256) -> None:
-        """Tokenize every document (the Rust tokenizer's batch encoder, on all cores)."""
-        backend = tokenizer.backend_tokenizer
-        if backend.truncation is not None:
-            backend.no_truncation()
-        if backend.padding is not None:
-            backend.no_padding()
+        """Tokenize every document in one pass, in memory (the Rust tokenizer's batch encoder,
+        on all cores): for corpora held in RAM. `TokenTableParts` builds the same files in
+        parts, in bounded memory, for a prepared corpus."""
+        backend = plain_backend(tokenizer)
         tokens, offsets = [], []
-        token_start, word_start = [0], [0]
         for first in range(0, len(documents), chunk):
-            words = [documents[d].words() for d in range(first, min(first + chunk, len(documents)))]
-            encodings = backend.encode_batch(
-                [w or [""] for w in words], is_pretokenized=True, add_special_tokens=False
+            ids, doc_offsets = encode_documents(
+                documents, first, min(first + chunk, len(documents)), backend
             )
-            for doc_words, encoding in zip(words, encodings, strict=True):
-                ids = np.asarray(encoding.ids if doc_words else [], dtype=np.int32)
-                word_of = np.asarray(
-                    [-1 if w is None else w for w in encoding.word_ids] if doc_words else [],
-                    dtype=np.int64,
-                )
-                counts = np.bincount(word_of[word_of >= 0], minlength=len(doc_words))
-                doc_offsets = np.zeros(len(doc_words) + 1, dtype=np.int64)
-                np.cumsum(counts, out=doc_offsets[1:])
-                tokens.append(ids)
-                offsets.append(doc_offsets)
-                token_start.append(token_start[-1] + len(ids))
-                word_start.append(word_start[-1] + len(doc_offsets))
+            tokens += ids
+            offsets += doc_offsets
+        token_start = np.zeros(len(tokens) + 1, dtype=np.int64)
+        np.cumsum([len(t) for t in tokens], out=token_start[1:])
+        word_start = np.zeros(len(offsets) + 1, dtype=np.int64)
+        np.cumsum([len(o) for o in offsets], out=word_start[1:])
         arrays = {
             "token_ids": np.concatenate(tokens) if tokens else np.zeros(0, np.int32),
-            "token_start": np.asarray(token_start, dtype=np.int64),
+            "token_start": token_start,
             "word_offsets": np.concatenate(offsets) if offsets else np.zeros(0, np.int64),
-            "word_start": np.asarray(word_start, dtype=np.int64),
+            "word_start": word_start,
         }
-        save_arrays(out, arrays, {"documents": len(documents), "tokens": token_start[-1]})
+        save_arrays(out, arrays, {"documents": len(documents), "tokens": int(token_start[-1])})
+
+
+def plain_backend(tokenizer: Any) -> Any:
+    """The tokenizer's Rust backend with truncation and padding off."""
+    backend = tokenizer.backend_tokenizer
+    if backend.truncation is not None:
+        backend.no_truncation()
+    if backend.padding is not None:
+        backend.no_padding()
+    return backend
+
+
+def encode_documents(
+    documents: Sequence[Document], first: int, last: int, backend: Any
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Sub-token ids (int32) and word offsets (int64, `num_words + 1` each, relative to the
+    document's first token) of documents [first, last)."""
+    words = [documents[d].words() for d in range(first, last)]
+    encodings = backend.encode_batch(
+        [w or [""] for w in words], is_pretokenized=True, add_special_tokens=False
+    )
+    tokens, offsets = [], []
+    for doc_words, encoding in zip(words, encodings, strict=True):
+        ids = np.asarray(encoding.ids if doc_words else [], dtype=np.int32)
+        word_of = np.asarray(
+            [-1 if w is None else w for w in encoding.word_ids] if doc_words else [],
+            dtype=np.int64,
+        )
+        counts = np.bincount(word_of[word_of >= 0], minlength=len(doc_words))
+        doc_offsets = np.zeros(len(doc_words) + 1, dtype=np.int64)
+        np.cumsum(counts, out=doc_offsets[1:])
+        tokens.append(ids)
+        offsets.append(doc_offsets)
+    return tokens, offsets

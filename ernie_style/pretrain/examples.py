@@ -15,12 +15,19 @@ import torch
 
 from ernie_style.corpus.document import Document
 from ernie_style.corpus.index import TokenTable, build_or_load, load_arrays, tokenizer_key
+from ernie_style.corpus.parted import Merger, PartBuilder, build_parted, is_built
+from ernie_style.corpus.token_parts import TokenTableParts
 
 IGNORE_INDEX = -100
 #: ERNIE input layout supports this many segments (token_type_ids 0..3).
 MAX_SEGMENTS = 4
 
 T = TypeVar("T")
+#: A training job builds a missing index itself only for corpora up to this many documents
+#: (seconds of work); larger ones need `ernie-style index` first (a CPU job, in parallel).
+AUTO_BUILD_DOCUMENTS = 5000
+#: Documents per part of an index built in parts (the builder's working set).
+INDEX_CHUNK = 256
 
 
 @dataclass
@@ -149,20 +156,29 @@ class CorpusContext:
         self._tokenized: OrderedDict[int, TokenizedDocument] = OrderedDict()
         self._shared: dict[str, Any] = {}
         self._table: TokenTable | None = None
+        #: Processes that build a missing index, and the limit and command of `indexed`.
+        self.num_proc = 1
+        self.auto_build_documents = AUTO_BUILD_DOCUMENTS
+        self.index_command = "ernie-style index --corpus CORPUS --tokenizer TOKENIZER"
 
     @property
     def range_key(self) -> str:
         """The document range of this context, e.g. 'docs0-392' (names on-disk structures)."""
         return f"docs{self.first_document}-{self.first_document + len(self.documents)}"
 
+    def token_table_name(self) -> str:
+        """The on-disk name of this context's token table (tokenizer and document range)."""
+        return f"tokens-{tokenizer_key(self.tokenizer)}-{self.range_key}"
+
     def token_table(self) -> TokenTable | None:
         """The on-disk token table (built on first use); None without an index root."""
         if self._table is None and self.index_root is not None:
-            name = f"tokens-{tokenizer_key(self.tokenizer)}-{self.range_key}"
-            self._table = build_or_load(
-                self.index_root,
+            name = f"tokens-{tokenizer_key(self.tokenizer)}"
+            parts = TokenTableParts(self.tokenizer)
+            self._table = self.indexed(
                 name,
                 lambda out: TokenTable.build(self.documents, self.tokenizer, out),
+                (parts.build_part, parts.merge),
                 lambda path, mmap: TokenTable(load_arrays(path, mmap)[0]),
             )
         return self._table
@@ -173,6 +189,55 @@ class CorpusContext:
         key = f"{name}-{self.range_key}"
         if key not in self._shared:
             self._shared[key] = build_or_load(self.index_root, key, build, load)
+        return self._shared[key]
+
+    def indexed(
+        self,
+        name: str,
+        build: Callable[[Path], None],
+        parts: tuple[PartBuilder, Merger],
+        load: Callable[[Path, bool], T],
+    ) -> T:
+        """An index named `name` (this context's range is added): under the index root it is
+        built in parts (`ernie_style.corpus.parted`: bounded memory, `num_proc` processes,
+        resumable, one builder at a time) and memory-mapped; without a root, `build` makes
+        it in RAM. A missing index of a corpus over `AUTO_BUILD_DOCUMENTS` documents is an
+        error naming the `ernie-style index` command that builds it."""
+        key = f"{name}-{self.range_key}"
+        if key in self._shared:
+            return self._shared[key]
+        if self.index_root is None:
+            self._shared[key] = build_or_load(None, key, build, load)
+            return self._shared[key]
+        root = self.index_root
+        if not is_built(root, key):
+            if len(self.documents) > self.auto_build_documents:
+                raise ValueError(
+                    f"index {root / key} is missing: build it before training with "
+                    f"`{self.index_command}` ({len(self.documents)} documents; a training job "
+                    f"builds indexes itself only up to {self.auto_build_documents})"
+                )
+
+            def announce() -> None:
+                print(
+                    f"building index {key} ({len(self.documents)} documents); "
+                    f"`{self.index_command}` builds it ahead of training",
+                    flush=True,
+                )
+
+            build_part, merge = parts
+            build_parted(
+                root,
+                key,
+                self.documents,
+                build_part,
+                merge,
+                INDEX_CHUNK,
+                self.num_proc,
+                None,
+                announce,
+            )
+        self._shared[key] = load(root / key, True)
         return self._shared[key]
 
     def memo(self, name: str, compute: Callable[[], T]) -> T:

@@ -17,8 +17,6 @@ from typing import Any
 import torch
 from transformers import ErnieModel
 
-from ernie_style.corpus.document import DocumentSequence
-from ernie_style.corpus.index import index_root
 from ernie_style.cpu_kernels import CPU_ATTENTION, resolve_attention, use_cpu_kernels
 from ernie_style.defaults import MLM_TASK
 from ernie_style.pretrain.config import PretrainConfig
@@ -30,6 +28,7 @@ from ernie_style.pretrain.families import (
     load_family_backbone,
     resolve_architecture,
 )
+from ernie_style.pretrain.indexes import corpus_contexts
 from ernie_style.pretrain.init_from import load_encoder_checkpoint
 from ernie_style.pretrain.loader import DataStreams, StepLayout
 from ernie_style.pretrain.model import (
@@ -120,22 +119,13 @@ def build_run_state(
 
     tokenizer = load_tokenizer(config.data.tokenizer or Path(config.data.corpus) / "tokenizer")
     dataset = load_corpus(config.data.corpus)
-    n_heldout = min(config.data.heldout_documents, max(len(dataset) - 1, 0))
-    train_docs = DocumentSequence(dataset.select(range(len(dataset) - n_heldout)))
-    heldout_docs = DocumentSequence(dataset.select(range(len(dataset) - n_heldout, len(dataset))))
-    root = index_root(Path(config.data.corpus), config.data.index_dir)
-    n_train = len(dataset) - n_heldout
-    train_corpus = CorpusContext(train_docs, tokenizer, index_root=root)
-    heldout = (
-        CorpusContext(
-            heldout_docs,
-            tokenizer,
-            index_root=root,
-            first_document=n_train,
-            draw_from=train_corpus,
-        )
-        if n_heldout
-        else None
+    train_corpus, heldout = corpus_contexts(
+        dataset,
+        config.data.corpus,
+        tokenizer,
+        config.data.tokenizer,
+        config.data.heldout_documents,
+        config.data.index_dir,
     )
     language = corpus_language(config.data.corpus)
     tasks = {
