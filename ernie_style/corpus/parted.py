@@ -8,7 +8,8 @@ A structure over N documents is built as parts of `chunk` documents each, then m
 
 - **Bounded memory**: a part holds one chunk's arrays; the merge streams the parts into the
   final `.npy` files (`NpyWriter`), so the working set is a chunk, not the corpus.
-- **Parallel**: missing parts are built by `num_proc` forked processes (each a run of chunks).
+- **Parallel**: missing parts are built by `num_proc` forked processes (each retired after
+  `PARTS_PER_WORKER` parts, so the pages of the corpus it read leave with it).
 - **Resumable and safe**: a part and the merged structure each appear by one rename, so a build
   killed at any moment leaves complete parts and no merged structure; a rerun builds only the
   missing parts (temporary directories of dead builders are swept) and merges.
@@ -41,6 +42,8 @@ PartBuilder = Callable[[Sequence[Any], int, int, Path], None]
 #: A merger: (ordered part directories, chunk ranges, out_dir) writes the structure.
 Merger = Callable[[list[Path], list[tuple[int, int]], Path], None]
 
+#: Parts a build worker process builds before it is replaced by a fresh one.
+PARTS_PER_WORKER = 8
 _WORKER_DOCUMENTS: Sequence[Any] = ()
 _WORKER_BUILDER: PartBuilder | None = None
 
@@ -186,18 +189,20 @@ def _build_parts(
     num_proc: int,
 ) -> None:
     jobs = [(str(parts_dir / _part_name(k)), *ranges[k]) for k in todo]
-    if num_proc <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            _build_one(documents, build_part, job)
+    if not jobs:
         return
     global _WORKER_DOCUMENTS, _WORKER_BUILDER
     _WORKER_DOCUMENTS, _WORKER_BUILDER = documents, build_part
     try:
+        # Forked workers, even for one process: a worker reading documents keeps the pages of
+        # the memory-mapped corpus it touched in its RSS, so each one retires after
+        # `PARTS_PER_WORKER` parts and the builder's peak RSS stays that of a few parts.
         context = multiprocessing.get_context("fork")
-        with context.Pool(min(num_proc, len(jobs)), initializer=_single_threaded) as pool:
-            # Contiguous runs of chunks per process; imap keeps an error's traceback.
-            size = max(1, len(jobs) // (4 * num_proc))
-            for _ in pool.imap_unordered(_build_in_worker, jobs, chunksize=size):
+        processes = max(1, min(num_proc, len(jobs)))
+        with context.Pool(
+            processes, initializer=_single_threaded, maxtasksperchild=PARTS_PER_WORKER
+        ) as pool:
+            for _ in pool.imap_unordered(_build_in_worker, jobs):
                 pass
     finally:
         _WORKER_DOCUMENTS, _WORKER_BUILDER = (), None
@@ -223,6 +228,10 @@ def _build_one(
     temp.mkdir()
     try:
         build_part(documents, first, last, temp)
-        os.rename(temp, path)
+        try:
+            os.rename(temp, path)
+        except OSError:  # a worker of a killed earlier build finished the same part first
+            if not (path / "meta.json").is_file():
+                raise
     finally:
         shutil.rmtree(temp, ignore_errors=True)

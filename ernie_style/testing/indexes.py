@@ -29,7 +29,8 @@ def sample_documents(count: int = 30) -> list[Document]:
 
 class _SlowParts(TokenTableParts):
     """Sleeps `delay` seconds per part and appends `begin:PID:FIRST` / `end:PID:FIRST` to the
-    file `ERNIE_STYLE_BUILD_LOG` names (if set)."""
+    file `ERNIE_STYLE_BUILD_LOG` names (if set); PID is the building process (the parent of the
+    worker process that builds the part)."""
 
     def __init__(self, tokenizer: Any, delay: float) -> None:
         super().__init__(tokenizer)
@@ -37,10 +38,10 @@ class _SlowParts(TokenTableParts):
 
     def build_part(self, documents: Sequence[Document], first: int, last: int, out: Path) -> None:
         """Log, sleep, build."""
-        self._log(f"begin:{os.getpid()}:{first}")
+        self._log(f"begin:{os.getppid()}:{first}")
         time.sleep(self.delay)
         super().build_part(documents, first, last, out)
-        self._log(f"end:{os.getpid()}:{first}")
+        self._log(f"end:{os.getppid()}:{first}")
 
     @staticmethod
     def _log(event: str) -> None:
