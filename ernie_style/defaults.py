@@ -15,3 +15,8 @@ DEFAULT_SPACY_BATCH_SIZE = 64
 #: The pretraining task whose head is the masked-LM head: what `schedule.mlm_every_step` adds to
 #: every step and what a release exports as `ErnieForMaskedLM`'s head.
 MLM_TASK = "knowledge_masking"
+
+#: Held-out documents of a pretraining run unless its config says otherwise, and the IR
+#: relevance passage size: what `ernie-style index` builds for by default.
+DEFAULT_HELDOUT_DOCUMENTS = 8
+DEFAULT_PASSAGE_SENTENCES = 3

@@ -9,7 +9,7 @@ import time
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `index` subcommand."""
     from ernie_style.commands.prepare import parse_shard
-    from ernie_style.pretrain.indexes import DEFAULT_HELDOUT, DEFAULT_PASSAGE_SENTENCES
+    from ernie_style.defaults import DEFAULT_HELDOUT_DOCUMENTS, DEFAULT_PASSAGE_SENTENCES
 
     parser = subparsers.add_parser(
         "index",
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--heldout-documents",
         type=int,
-        default=DEFAULT_HELDOUT,
+        default=DEFAULT_HELDOUT_DOCUMENTS,
         help="the run's data.heldout_documents (default %(default)s)",
     )
     parser.add_argument("--index-dir", metavar="DIR", help="the run's data.index_dir")

@@ -8,7 +8,7 @@ from typing import Any
 
 from ernie_style.components import balancer_registry
 from ernie_style.config import option
-from ernie_style.defaults import MLM_TASK, Precision
+from ernie_style.defaults import DEFAULT_HELDOUT_DOCUMENTS, MLM_TASK, Precision
 from ernie_style.pretrain.families import ARCHITECTURES
 from ernie_style.pretrain.model import MODEL_PRESETS
 from ernie_style.pretrain.schedule import (
@@ -72,7 +72,9 @@ class DataSection:
     corpus: str = option("", "output directory of `ernie-style prepare`")
     tokenizer: str | None = option(None, "HF tokenizer directory (default: CORPUS/tokenizer)")
     max_seq_len: int = option(128, "tokens per example, special tokens included")
-    heldout_documents: int = option(8, "documents kept out of training for held-out evaluation")
+    heldout_documents: int = option(
+        DEFAULT_HELDOUT_DOCUMENTS, "documents kept out of training for held-out evaluation"
+    )
     index_dir: str | None = option(
         None,
         "where token tables and task indexes (BM25) are built once and memory-mapped "

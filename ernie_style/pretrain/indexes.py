@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ernie_style.corpus.index import index_root
+from ernie_style.defaults import DEFAULT_HELDOUT_DOCUMENTS, DEFAULT_PASSAGE_SENTENCES
 from ernie_style.pretrain.examples import CorpusContext
 
-#: The held-out documents of a run unless its config says otherwise (`data.heldout_documents`).
-DEFAULT_HELDOUT = 8
-DEFAULT_PASSAGE_SENTENCES = 3
+DEFAULT_HELDOUT = DEFAULT_HELDOUT_DOCUMENTS
 
 
 def default_num_proc() -> int:

@@ -17,10 +17,16 @@ def test_prepare_builds_what_a_run_reads_so_the_run_builds_nothing(small_corpus,
     from ernie_style.pretrain.config import PretrainConfig
     from ernie_style.pretrain.state import build_run_state
     from ernie_style.testing.pretrain import write_config
+    from ernie_style.tokenizer import load_tokenizer
 
-    root = index_root(small_corpus)
-    built = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
-    assert [name.split("-")[0] for name in built] == ["ir_relevance", "tokens", "tokens"]
+    root = index_root(small_corpus)  # other tests' runs may add their own indexes here
+    key = tokenizer_key(load_tokenizer(small_corpus / "tokenizer"))
+    for name in (
+        f"tokens-{key}-docs0-12",
+        f"tokens-{key}-docs12-20",
+        "ir_relevance-bm25-p3-docs0-12",
+    ):
+        assert is_built(root, name), name  # built by `prepare` (8 held-out documents)
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*.npy")}
     tasks = {"knowledge_masking": {"budget": 4}, "ir_relevance": {"budget": 4}}
     path = write_config(
