@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="keep corpora here (reused)")
     parser.add_argument("--times", type=int, default=16)
     args = parser.parse_args()
-    print(precision_header(), flush=True)
+    print(precision_header()[1], flush=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="ernie-index-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     small, _ = prepare_scaled(work, 1)

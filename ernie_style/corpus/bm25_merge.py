@@ -21,8 +21,8 @@ import numpy as np
 
 from ernie_style.corpus.parted import NpyWriter, write_meta
 
-#: Postings rows per merge bucket (~24 bytes each plus sorting buffers: ~150 MB at 2M).
-BUCKET_ROWS = 2_000_000
+#: Postings rows per merge bucket (~100 bytes each with the sorting buffers: ~25 MB).
+BUCKET_ROWS = 250_000
 _FINAL_POSTINGS = (("term_hash", np.uint64), ("postings", np.int32), ("weights", np.float64))
 
 
@@ -127,7 +127,7 @@ def _write_postings(
         _raw_to_npy(out / f".{name}.raw", out / f"{name}.npy", dtype)
 
 
-def _raw_to_npy(raw: Path, target: Path, dtype: type, block: int = 1 << 22) -> None:
+def _raw_to_npy(raw: Path, target: Path, dtype: type, block: int = 1 << 18) -> None:
     """Copy a raw array file into a `.npy` file in blocks, then delete it."""
     itemsize = np.dtype(dtype).itemsize
     writer = NpyWriter(target, dtype, raw.stat().st_size // itemsize)

@@ -43,7 +43,7 @@ PartBuilder = Callable[[Sequence[Any], int, int, Path], None]
 Merger = Callable[[list[Path], list[tuple[int, int]], Path], None]
 
 #: Parts a build worker process builds before it is replaced by a fresh one.
-PARTS_PER_WORKER = 8
+PARTS_PER_WORKER = 4
 _WORKER_DOCUMENTS: Sequence[Any] = ()
 _WORKER_BUILDER: PartBuilder | None = None
 
@@ -64,7 +64,7 @@ class NpyWriter:
     def append(self, values: np.ndarray) -> None:
         """Append `values` (cast to the file's dtype)."""
         values = np.ascontiguousarray(values, dtype=self.dtype)
-        self._file.write(values.tobytes())
+        values.tofile(self._file)  # no bytes copy of the array
         self.written += len(values)
 
     def close(self) -> None:

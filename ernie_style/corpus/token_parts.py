@@ -14,6 +14,10 @@ from ernie_style.corpus.document import Document
 from ernie_style.corpus.index import INDEX_VERSION, encode_documents, plain_backend
 from ernie_style.corpus.parted import NpyWriter, array_length, write_meta
 
+#: Documents encoded at once within a part: the Python word lists and encodings of a batch are
+#: the builder's largest transient objects.
+ENCODE_BATCH = 32
+
 
 class TokenTableParts:
     """Part builder and merger of the token table of `tokenizer`."""
@@ -23,7 +27,14 @@ class TokenTableParts:
 
     def build_part(self, documents: Sequence[Document], first: int, last: int, out: Path) -> None:
         """Tokenize documents [first, last) into `out`."""
-        tokens, offsets = encode_documents(documents, first, last, plain_backend(self.tokenizer))
+        backend = plain_backend(self.tokenizer)
+        tokens, offsets = [], []
+        for start in range(first, last, ENCODE_BATCH):  # the encodings' objects stay small
+            ids, doc_offsets = encode_documents(
+                documents, start, min(start + ENCODE_BATCH, last), backend
+            )
+            tokens += ids
+            offsets += doc_offsets
         arrays = {
             "token_ids": np.concatenate(tokens) if tokens else np.zeros(0, np.int32),
             "token_counts": np.asarray([len(t) for t in tokens], dtype=np.int64),
