@@ -18,7 +18,6 @@ passage, label; label 0/1/2 or strong/weak/irrelevant) adds to or replaces these
 from __future__ import annotations
 
 import multiprocessing
-import os
 import re
 import zlib
 from collections import Counter
@@ -434,13 +433,10 @@ class IRRelevance(PairFileMixin, PretrainTask):
         """The corpus's passage table and BM25 index: built on first use (in parallel), saved
         next to a prepared corpus and memory-mapped, or held in RAM for an in-memory corpus."""
         size = self.config.passage_sentences
-        procs = min(8, os.cpu_count() or 1) if corpus.index_root is not None else 1
         by_words = self.language == "zh"
         return corpus.indexed(
             f"ir_relevance-bm25-p{size}" + ("-words" if by_words else ""),
-            lambda out: PassageTable.build(
-                corpus.documents, size, out, num_proc=procs, by_words=by_words
-            ),
+            lambda out: PassageTable.build(corpus.documents, size, out, by_words=by_words),
             PassageTable.parts(size, by_words),
             PassageTable.load,
         )

@@ -23,8 +23,6 @@ from ernie_style.corpus.index import index_root
 from ernie_style.defaults import DEFAULT_HELDOUT_DOCUMENTS, DEFAULT_PASSAGE_SENTENCES
 from ernie_style.pretrain.examples import CorpusContext
 
-DEFAULT_HELDOUT = DEFAULT_HELDOUT_DOCUMENTS
-
 
 def default_num_proc() -> int:
     """Processes an index build uses by default: the cores, at most 8."""
@@ -34,14 +32,14 @@ def default_num_proc() -> int:
 def index_command(
     corpus: str | Path,
     tokenizer: str | Path | None,
-    heldout: int = DEFAULT_HELDOUT,
+    heldout: int = DEFAULT_HELDOUT_DOCUMENTS,
     index_dir: str | Path | None = None,
 ) -> str:
     """The `ernie-style index` command line that builds a run's indexes."""
     words = ["ernie-style", "index", "--corpus", str(corpus)]
     if tokenizer:
         words += ["--tokenizer", str(tokenizer)]
-    if heldout != DEFAULT_HELDOUT:
+    if heldout != DEFAULT_HELDOUT_DOCUMENTS:
         words += ["--heldout-documents", str(heldout)]
     if index_dir:
         words += ["--index-dir", str(index_dir)]
@@ -86,7 +84,7 @@ def corpus_contexts(
 def build_indexes(
     corpus: str | Path,
     tokenizer_path: str | Path | None = None,
-    heldout: int = DEFAULT_HELDOUT,
+    heldout: int = DEFAULT_HELDOUT_DOCUMENTS,
     index_dir: str | Path | None = None,
     passage_sentences: tuple[int, ...] = (DEFAULT_PASSAGE_SENTENCES,),
     num_proc: int | None = None,
