@@ -30,14 +30,18 @@ holding both classes gives no example. `balance: false` keeps every label.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from torch import nn
 
+from ernie_style.corpus.document import Document
+from ernie_style.corpus.parted import write_meta
 from ernie_style.pretrain.examples import (
     IGNORE_INDEX,
     CorpusContext,
@@ -115,17 +119,70 @@ def balance_labels(
 
 #: Documents read (evenly spread over the corpus) to count word frequencies.
 FREQUENCY_SAMPLE = 2000
+#: Index of the sampled word counts (`ernie-style index` builds it with the others).
+WORD_COUNTS_INDEX = "token_document_relation-word-counts"
 
 
-def word_frequency_bands(corpus: CorpusContext, frequent_words: int) -> dict[str, int]:
-    """Case-folded word -> frequency band (log2 of its count in a sample of the corpus), with
-    the `frequent_words` most frequent words (at most a tenth of the distinct words) mapped to
-    -1 (left unlabelled). Words not in the sample are band 0."""
-    documents = corpus.documents
-    step = max(1, len(documents) // FREQUENCY_SAMPLE)
+def sampled_documents(total: int, first: int, last: int) -> range:
+    """Indexes in [first, last) of the documents whose words are counted: every
+    `total // FREQUENCY_SAMPLE`-th document of a corpus of `total`."""
+    step = max(1, total // FREQUENCY_SAMPLE)
+    return range(-(-first // step) * step, last, step)
+
+
+def count_words(documents: Sequence[Document], first: int, last: int) -> Counter[str]:
+    """Case-folded word counts (punctuation left out) of the sampled documents in
+    [first, last)."""
     counts: Counter[str] = Counter()
-    for index in range(0, len(documents), step):
+    for index in sampled_documents(len(documents), first, last):
         counts.update(w.casefold() for w in documents[index].words() if not is_punctuation(w))
+    return counts
+
+
+def _write_counts(out: Path, counts: Counter[str]) -> None:
+    (out / "counts.json").write_text(
+        json.dumps(dict(sorted(counts.items())), ensure_ascii=False), encoding="utf-8"
+    )
+    write_meta(out, {"words": len(counts)})
+
+
+def build_word_counts(documents: Sequence[Document], first: int, last: int, out: Path) -> None:
+    """Write the sampled word counts of documents [first, last) to `out` (one part of the
+    word-count index, or the whole of it)."""
+    _write_counts(out, count_words(documents, first, last))
+
+
+def merge_word_counts(parts: list[Path], ranges: list[tuple[int, int]], out: Path) -> None:
+    """Sum the parts' word counts into the index (its size is the sample's vocabulary)."""
+    del ranges
+    total: Counter[str] = Counter()
+    for part in parts:
+        total.update(load_word_counts(part))
+    _write_counts(out, total)
+
+
+def load_word_counts(path: Path, mmap: bool = True) -> Counter[str]:
+    """The word counts saved under `path`."""
+    del mmap
+    return Counter(json.loads((path / "counts.json").read_text(encoding="utf-8")))
+
+
+def word_counts(corpus: CorpusContext) -> Counter[str]:
+    """The corpus's sampled word counts: an index under the corpus's index root, built ahead
+    of training by `ernie-style index` (counting in the training process maps pages of the
+    corpus spread over all of it, which stay in its RSS), or counted in RAM without a root."""
+    return corpus.indexed(
+        WORD_COUNTS_INDEX,
+        lambda out: build_word_counts(corpus.documents, 0, len(corpus.documents), out),
+        (build_word_counts, merge_word_counts),
+        load_word_counts,
+    )
+
+
+def frequency_bands(counts: Counter[str], frequent_words: int) -> dict[str, int]:
+    """Case-folded word -> frequency band (log2 of its count in the sample), with the
+    `frequent_words` most frequent words (at most a tenth of the distinct words) mapped to -1
+    (left unlabelled). Words not in the sample are band 0."""
     bands = {word: int(math.log2(n)) for word, n in counts.items()}
     # On a small corpus the most frequent words are a large part of its vocabulary: leave out
     # at most a tenth of the distinct words.
@@ -209,7 +266,7 @@ class TokenDocumentRelation(PretrainTask):
         """Word -> frequency band of the training corpus (held-out documents use its bands)."""
         pool = corpus.draw_from or corpus
         limit = self.config.frequent_words
-        return pool.memo(f"word-bands-{limit}", lambda: word_frequency_bands(pool, limit))
+        return pool.memo(f"word-bands-{limit}", lambda: frequency_bands(word_counts(pool), limit))
 
     def _balanced(
         self,

@@ -1,12 +1,14 @@
 """The corpus indexes of a pretraining run, built by a CPU job before training.
 
-A run reads two kinds of index, both built in parts (`ernie_style.corpus.parted`: bounded
+A run reads three kinds of index, both built in parts (`ernie_style.corpus.parted`: bounded
 memory, `--num-proc` processes, resumable, shardable, one builder at a time) and memory-mapped:
 
 - the token table of each document range (training documents; the held-out tail) for the
   run's tokenizer;
 - IR relevance's BM25 passage index of the training documents (`passage_sentences` per
-  passage).
+  passage);
+- token-document relation's word counts over a sample of the training documents (its
+  frequency bands).
 
 `ernie-style index` (and `prepare` / `merge-shards`, for the corpus's own tokenizer) call
 `build_indexes`; a training run finds them built (`corpus_contexts` names them the same way).
@@ -100,6 +102,11 @@ def build_indexes(
     from ernie_style.pretrain.examples import INDEX_CHUNK
     from ernie_style.tokenizer import load_tokenizer
     from pretrain_tasks.ir_relevance import PassageTable
+    from pretrain_tasks.token_document_relation import (
+        WORD_COUNTS_INDEX,
+        build_word_counts,
+        merge_word_counts,
+    )
 
     tokenizer = load_tokenizer(tokenizer_path or Path(corpus) / "tokenizer")
     dataset = load_corpus(corpus)
@@ -113,6 +120,8 @@ def build_indexes(
     for size in passage_sentences:
         name = f"ir_relevance-bm25-p{size}" + ("-words" if by_words else "")
         jobs.append((train, f"{name}-{train.range_key}", PassageTable.parts(size, by_words)))
+    word_counts = (build_word_counts, merge_word_counts)
+    jobs.append((train, f"{WORD_COUNTS_INDEX}-{train.range_key}", word_counts))
     complete = {}
     root = train.index_root
     assert root is not None

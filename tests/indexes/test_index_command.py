@@ -25,10 +25,15 @@ def test_prepare_builds_what_a_run_reads_so_the_run_builds_nothing(small_corpus,
         f"tokens-{key}-docs0-12",
         f"tokens-{key}-docs12-20",
         "ir_relevance-bm25-p3-docs0-12",
+        "token_document_relation-word-counts-docs0-12",
     ):
         assert is_built(root, name), name  # built by `prepare` (8 held-out documents)
-    before = {p: p.stat().st_mtime_ns for p in root.rglob("*.npy")}
-    tasks = {"knowledge_masking": {"budget": 4}, "ir_relevance": {"budget": 4}}
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    tasks = {
+        "knowledge_masking": {"budget": 4},
+        "ir_relevance": {"budget": 4},
+        "token_document_relation": {"budget": 4},
+    }
     path = write_config(
         tmp_path / "run.yaml", small_corpus, tmp_path / "run", tasks=tasks,
         data__heldout_documents=8,
@@ -36,7 +41,8 @@ def test_prepare_builds_what_a_run_reads_so_the_run_builds_nothing(small_corpus,
     capsys.readouterr()
     state = build_run_state(load_config(PretrainConfig, path))
     assert "building index" not in capsys.readouterr().out
-    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.npy")} == before  # mapped, not rebuilt
+    after = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    assert {p: t for p, t in after.items() if p in before} == before  # mapped, not rebuilt
     assert state.train_corpus.token_table() is not None
 
 
@@ -50,11 +56,12 @@ def test_the_index_command_builds_another_tokenizers_indexes(
     args += ["--index-dir", str(index_dir), "--heldout-documents", "3", "--num-proc", "2"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "3 of 3 indexes complete" in out
+    assert "4 of 4 indexes complete" in out
     root = index_root(small_corpus, index_dir)
     key = tokenizer_key(wiki_tokenizer)
     assert is_built(root, f"tokens-{key}-docs0-17") and is_built(root, f"tokens-{key}-docs17-20")
     assert is_built(root, "ir_relevance-bm25-p3-docs0-17")
+    assert is_built(root, "token_document_relation-word-counts-docs0-17")
     assert main(args) == 0  # a rerun finds them complete and builds nothing
     with pytest.raises(SystemExit):
         main(["index", "--corpus", str(small_corpus), "--shard", "2/2"])

@@ -62,6 +62,27 @@ def test_the_bm25_index_in_parts_buckets_and_processes_is_byte_identical(
     assert table.index.num_passages == len(table.doc_index) > 40
 
 
+def test_the_word_counts_in_parts_are_byte_identical_and_count_the_sample(
+    wiki_documents, tmp_path, monkeypatch
+):
+    from collections import Counter
+
+    import pretrain_tasks.token_document_relation as relation
+
+    docs = wiki_documents[:40]
+    monkeypatch.setattr(relation, "FREQUENCY_SAMPLE", 7)  # every 5th document: 0, 5, ..., 35
+    counts = Counter(
+        w.casefold() for k in range(0, 40, 5) for w in docs[k].words() if any(map(str.isalnum, w))
+    )
+    want = _reference(tmp_path, lambda out: relation.build_word_counts(docs, 0, 40, out))
+    assert relation.load_word_counts(tmp_path / "one-pass") == counts
+    for chunk, procs in ((1000, 1), (6, 2), (1, 2)):
+        root = tmp_path / f"root-{chunk}"
+        parts = (relation.build_word_counts, relation.merge_word_counts)
+        assert build_parted(root, "counts", docs, *parts, chunk, procs)
+        assert _files(root / "counts") == want, (chunk, procs)
+
+
 def test_shards_build_their_share_and_a_dropped_part_is_never_merged(
     wiki_documents, wiki_tokenizer, tmp_path
 ):
