@@ -4,8 +4,11 @@ Each part (one chunk of documents) holds its passages (`lengths`, `doc_index`, `
 `word_end`) and its postings rows (`hashes`, `owners` = the part's own passage numbers,
 `counts` = term frequencies), the rows sorted by term hash (stable, so a term's rows keep
 passage order). The merge streams the per-passage arrays into the final files, then builds the
-CSR postings one hash range (bucket) at a time: each bucket gathers its rows from every part
-by binary search, so the working set is one bucket (`bucket_rows` rows), not the corpus.
+CSR postings one hash range (bucket) at a time: each bucket finds its rows in every part by
+binary search, counts each term's document frequency, then writes the postings in batches of
+at most `bucket_rows` rows; a term with more postings than that (a function word of a large
+corpus) is written part after part. The working set is one bucket's distinct terms and one
+batch, not the corpus and not the longest posting list.
 
 The result is byte-identical to the one-pass `bm25_arrays` build over all passages (tested):
 a term's postings are in passage order, BM25 weights are computed element by element with the
@@ -14,8 +17,11 @@ same expression, and the mean passage length is the exact integer sum over the p
 
 from __future__ import annotations
 
+import mmap
+import resource
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,15 +79,95 @@ def _write_passages(
     first.close()
 
 
-def _bucket_rows(path: Path, first: int, low: np.uint64, high: np.uint64 | None) -> tuple:
-    """(hashes, passages, term frequencies, passage lengths) of one part's rows with
-    low <= hash < high (high None: no upper bound)."""
-    hashes = _part(path, "hashes")
-    lo = int(np.searchsorted(hashes, low, side="left"))
-    hi = len(hashes) if high is None else int(np.searchsorted(hashes, high, side="left"))
-    local = np.array(_part(path, "owners")[lo:hi])
-    lengths = _part(path, "lengths")[local]
-    return np.array(hashes[lo:hi]), local + first, np.array(_part(path, "counts")[lo:hi]), lengths
+class _MappedPart:
+    """A part's postings arrays (`hashes`, `owners`, `counts`, `lengths`), mapped once for the
+    whole merge. The pages a bucket read stay in the page cache but leave this process's RSS
+    (`release`, madvise DONTNEED), so mapping every part does not grow the merge's memory."""
+
+    def __init__(self, path: Path, first_passage: int) -> None:
+        self.first_passage = first_passage
+        self._maps: list[mmap.mmap] = []
+        self.hashes, self.owners, self.counts, self.lengths = (
+            self._map(path / f"{name}.npy") for name in ("hashes", "owners", "counts", "lengths")
+        )
+
+    def _map(self, path: Path) -> np.ndarray:
+        with path.open("rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(handle)
+            offset = handle.tell()
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        self._maps.append(mapped)
+        return np.frombuffer(mapped, dtype=dtype, count=int(np.prod(shape)), offset=offset)
+
+    def release(self) -> None:
+        """Drop the pages read so far from this process (they are re-read from the cache)."""
+        for mapped in self._maps:
+            mapped.madvise(mmap.MADV_DONTNEED)
+
+    def rows(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(hashes, global passage numbers, term frequencies, passage lengths) of rows
+        [lo, hi), copied out of the mapping."""
+        local = np.array(self.owners[lo:hi])
+        return (
+            np.array(self.hashes[lo:hi]),
+            local + self.first_passage,
+            np.array(self.counts[lo:hi]),
+            self.lengths[local],
+        )
+
+
+class _BucketSpan:
+    """One part's rows of a hash bucket: its distinct terms, where each term's rows start in
+    the part and how many there are (a part's rows are sorted by hash, passage order kept)."""
+
+    def __init__(self, part: _MappedPart, low: np.uint64, high: np.uint64 | None) -> None:
+        hashes = part.hashes
+        lo = int(np.searchsorted(hashes, low, side="left"))
+        hi = len(hashes) if high is None else int(np.searchsorted(hashes, high, side="left"))
+        self.terms, first, self.sizes = np.unique(
+            hashes[lo:hi], return_index=True, return_counts=True
+        )
+        self.starts = first + lo
+
+    def rows_of(self, first_term: np.uint64, last_term: np.uint64) -> tuple[int, int]:
+        """Row range [lo, hi) of this part's terms with first_term <= hash <= last_term."""
+        a = int(np.searchsorted(self.terms, first_term, side="left"))
+        b = int(np.searchsorted(self.terms, last_term, side="right"))
+        if a == b:
+            return 0, 0
+        return int(self.starts[a]), int(self.starts[b - 1] + self.sizes[b - 1])
+
+
+def _allow_open_files(needed: int) -> None:
+    """Raise this process's open-file limit to `needed` (each mapped array holds a file
+    descriptor) up to the hard limit; past it, one clear error before any work."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise OSError(
+                f"merging the BM25 index maps {needed} files, over this process's open-file "
+                f"limit ({hard}, `ulimit -Hn`): raise it, or build the index in fewer parts"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def _term_batches(df: np.ndarray, bucket_rows: int) -> list[tuple[int, int]]:
+    """Consecutive term ranges [a, b) of at most `bucket_rows` postings (a heavier term alone)."""
+    batches, start, rows = [], 0, 0
+    for term, size in enumerate(df.tolist()):
+        if term > start and rows + size > bucket_rows:
+            batches.append((start, term))
+            start, rows = term, 0
+        rows += size
+    if start < len(df):
+        batches.append((start, len(df)))
+    return batches
 
 
 def _write_postings(
@@ -94,33 +180,60 @@ def _write_postings(
     b: float,
     bucket_rows: int,
 ) -> None:
-    rows = sum(len(_part(path, "hashes")) for path in parts)
+    """The CSR postings, one hash bucket at a time. Per bucket, a first pass over the parts
+    counts each term's document frequency; then the postings are written in term batches of
+    at most `bucket_rows` rows, and a term with more postings than that (a function word of a
+    large corpus) part after part, already in passage order. The working set is one bucket's
+    distinct terms and one batch, whatever the largest posting list."""
+    _allow_open_files(4 * len(parts) + 256)
+    mapped = [
+        _MappedPart(path, int(first))
+        for path, first in zip(parts, first_passage_of_part, strict=False)
+    ]
+    rows = sum(len(part.hashes) for part in mapped)
     buckets = max(1, -(-rows // bucket_rows))
     starts = [np.uint64((i << 64) // buckets) for i in range(buckets)] + [None]
     raw = {name: (out / f".{name}.raw").open("wb") for name, _ in _FINAL_POSTINGS}
     offsets_raw = (out / ".term_offsets.raw").open("wb")
     offsets_raw.write(np.zeros(1, np.int64).tobytes())
+
+    def write(owners: np.ndarray, tf: np.ndarray, lengths: np.ndarray, idf: Any) -> None:
+        frequency = tf.astype(np.float64)
+        norm = k1 * (1 - b + b * lengths.astype(np.float64) / average)
+        weights = idf * frequency * (k1 + 1) / (frequency + norm)
+        raw["postings"].write(owners.astype(np.int32).tobytes())
+        raw["weights"].write(weights.astype(np.float64).tobytes())
+
     base = 0
     for i in range(buckets):
-        pieces = [
-            _bucket_rows(path, int(first), starts[i], starts[i + 1])
-            for path, first in zip(parts, first_passage_of_part, strict=False)
-        ]
-        hashes, owners, tf, lengths = (
-            np.concatenate(column) for column in zip(*pieces, strict=True)
-        )
-        term_hash, term_of = np.unique(hashes, return_inverse=True)
-        order = np.argsort(term_of, kind="stable")
-        frequency = tf[order].astype(np.float64)
-        df = np.bincount(term_of, minlength=len(term_hash))
+        spans = [_BucketSpan(part, starts[i], starts[i + 1]) for part in mapped]
+        term_hash = np.unique(np.concatenate([span.terms for span in spans]))
+        df = np.zeros(len(term_hash), np.int64)
+        for span in spans:
+            df[np.searchsorted(term_hash, span.terms)] += span.sizes
         idf = np.log1p((total - df + 0.5) / (df + 0.5))
-        norm = k1 * (1 - b + b * lengths[order].astype(np.float64) / average)
-        weights = idf[term_of[order]] * frequency * (k1 + 1) / (frequency + norm)
         raw["term_hash"].write(term_hash.astype(np.uint64).tobytes())
-        raw["postings"].write(owners[order].astype(np.int32).tobytes())
-        raw["weights"].write(weights.astype(np.float64).tobytes())
         offsets_raw.write((base + np.cumsum(df)).astype(np.int64).tobytes())
         base += int(df.sum())
+        for a, z in _term_batches(df, bucket_rows):
+            first_term, last_term = term_hash[a], term_hash[z - 1]
+            if z - a == 1 and df[a] > bucket_rows:  # one heavy term: part after part
+                for part, span in zip(mapped, spans, strict=True):
+                    _, owners, tf, lengths = part.rows(*span.rows_of(first_term, last_term))
+                    write(owners, tf, lengths, idf[a])
+                continue
+            pieces = [
+                part.rows(*span.rows_of(first_term, last_term))
+                for part, span in zip(mapped, spans, strict=True)
+            ]
+            hashes, owners, tf, lengths = (
+                np.concatenate(column) for column in zip(*pieces, strict=True)
+            )
+            term_of = np.searchsorted(term_hash[a:z], hashes)
+            order = np.argsort(term_of, kind="stable")
+            write(owners[order], tf[order], lengths[order], idf[a:z][term_of[order]])
+        for part in mapped:
+            part.release()
     for handle in (*raw.values(), offsets_raw):
         handle.close()
     for name, dtype in (*_FINAL_POSTINGS, ("term_offsets", np.int64)):
