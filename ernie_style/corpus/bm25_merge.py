@@ -81,18 +81,20 @@ def _write_passages(
 
 class _MappedPart:
     """A part's postings arrays (`hashes`, `owners`, `counts`, `lengths`), mapped once for the
-    whole merge. The pages a bucket read stay in the page cache but leave this process's RSS
-    (`release`, madvise DONTNEED), so mapping every part does not grow the merge's memory."""
+    whole merge. Pages stay in the page cache but leave this process's RSS once read: rows are
+    dropped (madvise DONTNEED) as soon as they are copied out, and every page read at the end of
+    each bucket (`release`), so neither mapping every part nor a term with millions of postings
+    grows the merge's memory."""
 
     def __init__(self, path: Path, first_passage: int) -> None:
         self.first_passage = first_passage
-        self._maps: list[mmap.mmap] = []
+        self._maps: dict[str, tuple[mmap.mmap, int, int]] = {}
         self.hashes, self.owners, self.counts, self.lengths = (
-            self._map(path / f"{name}.npy") for name in ("hashes", "owners", "counts", "lengths")
+            self._map(path, name) for name in ("hashes", "owners", "counts", "lengths")
         )
 
-    def _map(self, path: Path) -> np.ndarray:
-        with path.open("rb") as handle:
+    def _map(self, path: Path, name: str) -> np.ndarray:
+        with (path / f"{name}.npy").open("rb") as handle:
             version = np.lib.format.read_magic(handle)
             read_header = (
                 np.lib.format.read_array_header_1_0
@@ -102,24 +104,35 @@ class _MappedPart:
             shape, _, dtype = read_header(handle)
             offset = handle.tell()
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        self._maps.append(mapped)
+        self._maps[name] = (mapped, offset, dtype.itemsize)
         return np.frombuffer(mapped, dtype=dtype, count=int(np.prod(shape)), offset=offset)
 
+    def drop(self, name: str, lo: int, hi: int) -> None:
+        """Drop the pages of rows [lo, hi) of one array from this process."""
+        mapped, offset, itemsize = self._maps[name]
+        start = (offset + lo * itemsize) // mmap.PAGESIZE * mmap.PAGESIZE
+        stop = min(offset + hi * itemsize, len(mapped))
+        if stop > start:
+            mapped.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
     def release(self) -> None:
-        """Drop the pages read so far from this process (they are re-read from the cache)."""
-        for mapped in self._maps:
+        """Drop every page read so far from this process (they are re-read from the cache)."""
+        for mapped, _, _ in self._maps.values():
             mapped.madvise(mmap.MADV_DONTNEED)
 
     def rows(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(hashes, global passage numbers, term frequencies, passage lengths) of rows
-        [lo, hi), copied out of the mapping."""
+        [lo, hi), copied out of the mapping (whose pages are dropped)."""
         local = np.array(self.owners[lo:hi])
-        return (
+        rows = (
             np.array(self.hashes[lo:hi]),
             local + self.first_passage,
             np.array(self.counts[lo:hi]),
             self.lengths[local],
         )
+        for name in ("hashes", "owners", "counts"):
+            self.drop(name, lo, hi)
+        return rows
 
 
 class _BucketSpan:
@@ -133,6 +146,7 @@ class _BucketSpan:
         self.terms, first, self.sizes = np.unique(
             hashes[lo:hi], return_index=True, return_counts=True
         )
+        part.drop("hashes", lo, hi)
         self.starts = first + lo
 
     def rows_of(self, first_term: np.uint64, last_term: np.uint64) -> tuple[int, int]:
