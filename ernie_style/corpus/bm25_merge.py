@@ -81,14 +81,15 @@ def _write_passages(
 
 class _MappedPart:
     """A part's postings arrays (`hashes`, `owners`, `counts`, `lengths`), mapped once for the
-    whole merge. Pages stay in the page cache but leave this process's RSS once read: rows are
-    dropped (madvise DONTNEED) as soon as they are copied out, and every page read at the end of
-    each bucket (`release`), so neither mapping every part nor a term with millions of postings
-    grows the merge's memory."""
+    whole merge. Pages stay in the page cache but leave this process's RSS once read: each
+    read (a bucket's binary search, rows copied out) is followed by `release` (madvise
+    DONTNEED over the part's mappings, which also drops the neighbouring pages the kernel's
+    fault-around mapped), so at most one part's pages are mapped at a time, however many parts
+    there are and however many postings a term has."""
 
     def __init__(self, path: Path, first_passage: int) -> None:
         self.first_passage = first_passage
-        self._maps: dict[str, tuple[mmap.mmap, int, int]] = {}
+        self._maps: list[mmap.mmap] = []
         self.hashes, self.owners, self.counts, self.lengths = (
             self._map(path, name) for name in ("hashes", "owners", "counts", "lengths")
         )
@@ -104,25 +105,18 @@ class _MappedPart:
             shape, _, dtype = read_header(handle)
             offset = handle.tell()
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        self._maps[name] = (mapped, offset, dtype.itemsize)
+        self._maps.append(mapped)
         return np.frombuffer(mapped, dtype=dtype, count=int(np.prod(shape)), offset=offset)
 
-    def drop(self, name: str, lo: int, hi: int) -> None:
-        """Drop the pages of rows [lo, hi) of one array from this process."""
-        mapped, offset, itemsize = self._maps[name]
-        start = (offset + lo * itemsize) // mmap.PAGESIZE * mmap.PAGESIZE
-        stop = min(offset + hi * itemsize, len(mapped))
-        if stop > start:
-            mapped.madvise(mmap.MADV_DONTNEED, start, stop - start)
-
     def release(self) -> None:
-        """Drop every page read so far from this process (they are re-read from the cache)."""
-        for mapped, _, _ in self._maps.values():
+        """Drop every page of the part mapped so far from this process (a later read maps it
+        again from the page cache)."""
+        for mapped in self._maps:
             mapped.madvise(mmap.MADV_DONTNEED)
 
     def rows(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(hashes, global passage numbers, term frequencies, passage lengths) of rows
-        [lo, hi), copied out of the mapping (whose pages are dropped)."""
+        [lo, hi), copied out of the mapping (whose pages are then dropped)."""
         local = np.array(self.owners[lo:hi])
         rows = (
             np.array(self.hashes[lo:hi]),
@@ -130,8 +124,7 @@ class _MappedPart:
             np.array(self.counts[lo:hi]),
             self.lengths[local],
         )
-        for name in ("hashes", "owners", "counts"):
-            self.drop(name, lo, hi)
+        self.release()
         return rows
 
 
@@ -146,7 +139,7 @@ class _BucketSpan:
         self.terms, first, self.sizes = np.unique(
             hashes[lo:hi], return_index=True, return_counts=True
         )
-        part.drop("hashes", lo, hi)
+        part.release()
         self.starts = first + lo
 
     def rows_of(self, first_term: np.uint64, last_term: np.uint64) -> tuple[int, int]:
@@ -246,8 +239,6 @@ def _write_postings(
             term_of = np.searchsorted(term_hash[a:z], hashes)
             order = np.argsort(term_of, kind="stable")
             write(owners[order], tf[order], lengths[order], idf[a:z][term_of[order]])
-        for part in mapped:
-            part.release()
     for handle in (*raw.values(), offsets_raw):
         handle.close()
     for name, dtype in (*_FINAL_POSTINGS, ("term_offsets", np.int64)):
