@@ -102,13 +102,18 @@ def test_a_short_continued_run_at_the_defaults_keeps_the_checkpoints_fine_tuning
     train.write_text("\n".join(lines[:401]) + "\n", encoding="utf-8")  # header + 400 questions
     as_is = _finetune_scores(encoder, tmp_path / "as_is", train)
 
-    # The run: only model.init_from and data.tokenizer set (plus a small batch for the
-    # test's time), stages of 8 and 4 steps.
+    # The run: only model.init_from and data.tokenizer set (plus a small batch and
+    # 64-token sequences for the test's time), stages of 8 and 4 steps.
     config = {
         "output_dir": str(tmp_path / "continued"),
         "batch_size": 16,
         "model": {"init_from": str(encoder)},
-        "data": {"corpus": str(small_corpus), "tokenizer": str(encoder), "heldout_documents": 2},
+        "data": {
+            "corpus": str(small_corpus),
+            "tokenizer": str(encoder),
+            "heldout_documents": 2,
+            "max_seq_len": 64,
+        },
         "tasks": {
             "knowledge_masking": {"allocation": [8, 2]},
             "capitalization": {"allocation": [0, 2]},
