@@ -33,8 +33,8 @@ _FINAL_POSTINGS = (("term_hash", np.uint64), ("postings", np.int32), ("weights",
 
 
 def _part(path: Path, name: str) -> np.ndarray:
-    """One array of a part, memory-mapped. Mapped only while used: pages a process keeps
-    mapped count in its RSS, so no part stays mapped across the merge."""
+    """One array of a part, memory-mapped while it is used (pages a process keeps mapped count
+    in its RSS); the postings stage maps the parts once instead (`_MappedPart`)."""
     return np.load(path / f"{name}.npy", mmap_mode="r")
 
 
