@@ -51,10 +51,10 @@ from ernie_style.run_lock import RunLock
 RunLock(sys.argv[1], "pretrain").acquire()
 child = os.fork()
 if child == 0:
-    print("forked", flush=True)
+    os.write(1, b"forked\\n")  # one write each: two processes share the pipe
     time.sleep(60)
     os._exit(0)
-print(child, flush=True)
+os.write(1, f"{child}\\n".encode())
 time.sleep(120)
 """
 
