@@ -1,6 +1,6 @@
 """The corpus indexes of a pretraining run, built by a CPU job before training.
 
-A run reads three kinds of index, both built in parts (`ernie_style.corpus.parted`: bounded
+A run reads three kinds of index, all built in parts (`ernie_style.corpus.parted`: bounded
 memory, `--num-proc` processes, resumable, shardable, one builder at a time) and memory-mapped:
 
 - the token table of each document range (training documents; the held-out tail) for the

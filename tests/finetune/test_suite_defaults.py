@@ -37,8 +37,9 @@ def half_tiny_encoder(tokenizer: Path, out: Path) -> Path:
     from ernie_style.tokenizer import load_tokenizer
 
     tok = load_tokenizer(str(tokenizer))
-    config = build_backbone_config("tiny", vocab_size=len(tok), pad_token_id=tok.pad_token_id)
-    config.hidden_size, config.intermediate_size = 64, 256
+    config = build_backbone_config(
+        "tiny", len(tok), tok.pad_token_id, hidden_size=64, intermediate_size=256
+    )
     torch.manual_seed(0)
     ErnieModel(config).save_pretrained(str(out))
     tok.save_pretrained(str(out))
